@@ -1,0 +1,26 @@
+"""Synthetic embeddings of the papers' dataset sizes (for benchmarks only)."""
+
+import numpy as np
+
+# (images, classes) of the class-disjoint test / train splits.
+SIZES = {
+    "cub_test": (5924, 100),
+    "cars_test": (8131, 98),
+    "sop_test": (60502, 11316),
+    "sop_train": (59551, 11318),
+}
+
+
+def clustered_embeddings(name: str, dim: int = 512, noise: float = 0.9, seed: int = 0):
+  """Class centres on the sphere plus isotropic noise; every class has >= 2 images.
+
+  Returns float32 [N, D] embeddings and int64 [N] labels (sorted by class).
+  """
+  n, c = SIZES[name]
+  rng = np.random.default_rng(seed)
+  counts = np.full(c, 2) + rng.multinomial(n - 2 * c, np.ones(c) / c)
+  labels = np.repeat(np.arange(c), counts)
+  centres = rng.standard_normal((c, dim)).astype(np.float32)
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  x = centres[labels] + noise / np.sqrt(dim) * rng.standard_normal((n, dim)).astype(np.float32)
+  return x.astype(np.float32), labels

@@ -1,0 +1,122 @@
+"""k-nearest-neighbour search back-ends (inner product on L2-normalised embeddings).
+
+All back-ends share one signature, ``search(queries, database, k, exclude_self)``
+-> ``(scores [Q, k], indices [Q, k])`` sorted by decreasing score, so evaluation
+and the retrieval service can swap them by name:
+
+* ``jax``: exact, blocked matmul + ``lax.top_k`` under jit (CPU, GPU, TPU); never
+  holds more than a ``block × N`` slice of the similarity matrix.
+* ``scann``: ScaNN exact brute force.
+* ``scann_ah``: ScaNN partitioning + anisotropic quantisation + exact re-ordering,
+  for large galleries.
+
+With ``exclude_self`` the database is the query set and each query's own index
+is removed from its neighbours (all-vs-all evaluation).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
+def _topk_block(q: jax.Array, db: jax.Array, row_ids: jax.Array, k: int,
+                exclude_self: bool) -> tuple[jax.Array, jax.Array]:
+  s = q @ db.T
+  if exclude_self:
+    s = jnp.where(row_ids[:, None] == jnp.arange(db.shape[0])[None, :], -jnp.inf, s)
+  return jax.lax.top_k(s, k)
+
+
+def jax_search(queries: np.ndarray, database: np.ndarray, k: int, exclude_self: bool = False,
+               block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Exact kNN by blocked matmul + top-k. [Q, D], [N, D] -> [Q, k] scores, indices."""
+  db = jnp.asarray(database, jnp.float32)
+  n = queries.shape[0]
+  block = min(block_size, n)
+  pad = (-n) % block
+  q = np.pad(np.asarray(queries, np.float32), ((0, pad), (0, 0)))
+  scores, indices = [], []
+  for start in range(0, n + pad, block):
+    rows = jnp.arange(start, start + block)
+    s, i = _topk_block(jnp.asarray(q[start:start + block]), db, rows, k, exclude_self)
+    scores.append(s)
+    indices.append(i)
+  return (np.concatenate(jax.device_get(scores))[:n],
+          np.concatenate(jax.device_get(indices))[:n].astype(np.int64))
+
+
+def _scann_builder(database: np.ndarray, k: int):
+  try:
+    import scann
+  except ImportError as e:  # pragma: no cover - scann is a declared dependency.
+    raise ImportError("The ScaNN back-end needs `pip install scann` (Linux x86-64).") from e
+  return scann.scann_ops_pybind.builder(np.ascontiguousarray(database, np.float32), k,
+                                        "dot_product")
+
+
+def _drop_self(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Removes each row's own index from k+1 results (or the last one if absent)."""
+  rows = np.arange(indices.shape[0])[:, None]
+  is_self = indices == rows
+  # Push self to the end (stable), then keep the first k.
+  order = np.argsort(is_self, axis=1, kind="stable")
+  return (np.take_along_axis(scores, order, 1)[:, :k],
+          np.take_along_axis(indices, order, 1)[:, :k])
+
+
+def _scann_search(queries, database, k, exclude_self, searcher_fn):
+  kk = k + 1 if exclude_self else k
+  if kk > database.shape[0]:
+    raise ValueError(f"k={k} exceeds the database size {database.shape[0]}.")
+  searcher = searcher_fn(_scann_builder(database, kk), database.shape[0], kk)
+  indices, scores = searcher.search_batched_parallel(
+      np.ascontiguousarray(queries, np.float32), final_num_neighbors=kk)
+  indices = indices.astype(np.int64)
+  if exclude_self:
+    scores, indices = _drop_self(scores, indices, k)
+  return scores, indices
+
+
+def scann_search(queries: np.ndarray, database: np.ndarray, k: int,
+                 exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Exact kNN with ScaNN's brute-force scorer."""
+  return _scann_search(queries, database, k, exclude_self,
+                       lambda b, n, kk: b.score_brute_force(quantize=False).build())
+
+
+def scann_ah_search(queries: np.ndarray, database: np.ndarray, k: int,
+                    exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Approximate kNN: ScaNN tree partitioning + AH quantisation + exact re-ordering."""
+
+  def build(builder, n, kk):
+    num_leaves = max(1, int(round(math.sqrt(n))))
+    return (builder.tree(num_leaves=num_leaves,
+                         num_leaves_to_search=max(1, num_leaves // 5),
+                         training_sample_size=min(n, 250_000))
+            .score_ah(2, anisotropic_quantization_threshold=0.2)
+            .reorder(max(2 * kk, 100)).build())
+
+  if database.shape[0] < 1000:  # Partitioning needs a large database; fall back to exact.
+    return scann_search(queries, database, k, exclude_self)
+  return _scann_search(queries, database, k, exclude_self, build)
+
+
+SEARCH_BACKENDS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "jax": jax_search,
+    "scann": scann_search,
+    "scann_ah": scann_ah_search,
+}
+
+
+def get_search(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+  try:
+    return SEARCH_BACKENDS[name]
+  except KeyError:
+    raise ValueError(f"Unknown kNN back-end {name!r}; valid: {sorted(SEARCH_BACKENDS)}.") from None

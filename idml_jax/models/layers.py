@@ -1,0 +1,56 @@
+"""Layers shared by the backbones: PyTorch-compatible conv, BatchNorm and pooling.
+
+PyTorch pads symmetrically; XLA's ``'SAME'`` pads (2, 3) for a 7×7/2 conv and (0, 1)
+for a 3×3/2 conv on even sizes, which changes the outputs of pretrained networks by
+5–36 %. Every padding here is explicit. Ceil-mode pooling (BN-Inception, GoogLeNet)
+is emulated with extra high-side padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int | None = None,
+         bias: bool = False, name: str | None = None, dtype=jnp.float32) -> nn.Conv:
+  """A Conv2d with PyTorch's symmetric padding (default ``kernel // 2``)."""
+  p = kernel // 2 if padding is None else padding
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                 use_bias=bias, name=name, dtype=dtype,
+                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+
+
+def batch_norm(train: bool, eps: float = 1e-5, name: str | None = None,
+               dtype=jnp.float32) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's eps and momentum; ``train=False`` uses running statistics."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=eps, name=name,
+                      dtype=dtype)
+
+
+def _ceil_pad(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
+  """(low, high) padding giving PyTorch's ``ceil_mode=True`` output size."""
+  out = math.ceil((size + 2 * padding - kernel) / stride) + 1
+  if (out - 1) * stride >= size + padding:  # PyTorch: last window must start inside.
+    out -= 1
+  high = (out - 1) * stride + kernel - size - padding
+  return padding, max(high, padding)
+
+
+def max_pool(x: jnp.ndarray, kernel: int, stride: int, padding: int = 0,
+             ceil_mode: bool = False) -> jnp.ndarray:
+  """NHWC max pool with PyTorch's padding (-inf) and optional ceil mode."""
+  if ceil_mode:
+    pads = (_ceil_pad(x.shape[1], kernel, stride, padding),
+            _ceil_pad(x.shape[2], kernel, stride, padding))
+  else:
+    pads = ((padding, padding), (padding, padding))
+  return nn.max_pool(x, (kernel, kernel), (stride, stride), padding=pads)
+
+
+def avg_pool(x: jnp.ndarray, kernel: int, stride: int, padding: int = 0) -> jnp.ndarray:
+  """NHWC average pool, PyTorch's ``count_include_pad=True`` (zeros counted)."""
+  pads = ((padding, padding), (padding, padding))
+  return nn.avg_pool(x, (kernel, kernel), (stride, stride), padding=pads, count_include_pad=True)
