@@ -18,6 +18,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from idml_jax.top_k import top_k
+
 
 @flax.struct.dataclass
 class ClassStats:
@@ -96,7 +98,7 @@ def _row_minmax_normalise(d: jax.Array, valid: jax.Array) -> jax.Array:
 def _pairwise_l2(x: jax.Array, y: jax.Array) -> jax.Array:
   xx = jnp.sum(jnp.square(x), axis=1)[:, None]
   yy = jnp.sum(jnp.square(y), axis=1)[None, :]
-  return jnp.sqrt(jnp.maximum(xx + yy - 2.0 * jnp.dot(x, y.T, precision="highest"), 0.0))
+  return jnp.sqrt(jnp.maximum(xx + yy - 2.0 * x @ y.T, 0.0))
 
 
 @functools.partial(jax.jit, static_argnames=("num_neighbors", "block_size"))
@@ -131,7 +133,7 @@ def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
     valid = eligible[None, :] & (safe[:, None] != jnp.arange(num_classes)[None, :])
     d_mean_n = _row_minmax_normalise(d_mean, valid)
     d_cov_n = _row_minmax_normalise(d_cov, valid)
-    _, nbr = jax.lax.top_k(jnp.where(valid, -d_mean, -jnp.inf), k)  # [block, k]
+    _, nbr = top_k(jnp.where(valid, -d_mean, -jnp.inf), k)  # [block, k]
     nbr_valid = jnp.take_along_axis(valid, nbr, axis=1)
     dm = jnp.take_along_axis(d_mean_n, nbr, axis=1)
     dc = jnp.take_along_axis(d_cov_n, nbr, axis=1)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idml_jax.evaluation import knn
+from idml_jax.top_k import top_k
 
 RETRIEVAL_BACKENDS = ("exact",) + tuple(knn.SEARCH_BACKENDS)
 _NO_RANK = np.iinfo(np.int32).max
@@ -95,21 +96,6 @@ def _relevant_scores(q: jax.Array, gallery: jax.Array, rel: jax.Array) -> jax.Ar
   return jnp.where(rel >= 0, s, -jnp.inf)
 
 
-def top_k_values(x: jax.Array, k: int, group: int = 32) -> jax.Array:
-  """Top-k values along the last axis, sorted descending. [..., n] -> [..., k].
-
-  Cheaper than ``lax.top_k`` on CPU for k << n: the k largest values all lie in the
-  k groups (of ``group`` columns) with the largest maxima.
-  """
-  n = x.shape[-1]
-  if n % group or k * group * 2 > n:
-    return jax.lax.top_k(x, k)[0]
-  g = x.reshape(x.shape[:-1] + (n // group, group))
-  _, best = jax.lax.top_k(jnp.max(g, axis=-1), k)
-  cand = jnp.take_along_axis(g, best[..., None], axis=-2)
-  return jax.lax.top_k(cand.reshape(x.shape[:-1] + (k * group,)), k)[0]
-
-
 def _accumulate(s, best, top_neg, rel_local):
   """Adds one [bq, bg] similarity block to a query block's accumulators.
 
@@ -124,7 +110,7 @@ def _accumulate(s, best, top_neg, rel_local):
   s = s.at[rows, rel_local].set(-jnp.inf, mode="drop")
   count = jnp.sum(s > best[:, None], axis=1, dtype=jnp.int32)
   k = top_neg.shape[1]
-  merged = jnp.concatenate([top_neg, top_k_values(s, k)], axis=1)
+  merged = jnp.concatenate([top_neg, top_k(s, k)[0]], axis=1)
   return count, jax.lax.top_k(merged, k)[0]
 
 

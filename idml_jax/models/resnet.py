@@ -73,19 +73,20 @@ class ResNet(nn.Module):
   block: type[nn.Module]
   train_bn: bool = False
   dtype: jnp.dtype = jnp.float32
+  width: int = 64  # 64 in every torchvision ResNet; smaller only for tests and demos.
 
   @property
   def num_features(self) -> int:
-    return 512 * self.block.expansion
+    return self.width * 8 * self.block.expansion
 
   @nn.compact
   def __call__(self, x):
-    x = conv(64, 7, 2, 3, name="conv1", dtype=self.dtype)(x.astype(self.dtype))
+    x = conv(self.width, 7, 2, 3, name="conv1", dtype=self.dtype)(x.astype(self.dtype))
     x = nn.relu(batch_norm(self.train_bn, name="bn1", dtype=self.dtype)(x))
     x = max_pool(x, 3, 2, 1)
-    in_planes = 64
+    in_planes = self.width
     for stage, num_blocks in enumerate(self.stage_sizes):
-      planes = 64 * 2**stage
+      planes = self.width * 2**stage
       for i in range(num_blocks):
         stride = 2 if stage > 0 and i == 0 else 1
         downsample = i == 0 and (stride != 1 or in_planes != planes * self.block.expansion)
@@ -96,6 +97,7 @@ class ResNet(nn.Module):
 
 
 STAGES = {
+    "resnet_tiny": ((1, 1, 1, 1), BasicBlock),  # Tests and demos (with a small width).
     "resnet18": ((2, 2, 2, 2), BasicBlock),
     "resnet34": ((3, 4, 6, 3), BasicBlock),
     "resnet50": ((3, 4, 6, 3), Bottleneck),
