@@ -11,9 +11,12 @@ SIZES = {
 }
 
 
-def clustered_embeddings(name: str, dim: int = 512, noise: float = 0.9, seed: int = 0):
+def clustered_embeddings(name: str, dim: int = 512, noise: float = 0.9, seed: int = 0,
+                         intrinsic_dim: int | None = None):
   """Class centres on the sphere plus isotropic noise; every class has >= 2 images.
 
+  ``intrinsic_dim``: if set, centres and noise live in a random subspace of that
+  dimension (trained embeddings are far from isotropic; ANN indexes rely on it).
   Returns float32 [N, D] embeddings and int64 [N] labels (sorted by class).
   """
   n, c = SIZES[name]
@@ -23,4 +26,7 @@ def clustered_embeddings(name: str, dim: int = 512, noise: float = 0.9, seed: in
   centres = rng.standard_normal((c, dim)).astype(np.float32)
   centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   x = centres[labels] + noise / np.sqrt(dim) * rng.standard_normal((n, dim)).astype(np.float32)
+  if intrinsic_dim:
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, intrinsic_dim)))
+    x = (x[:, :intrinsic_dim] @ basis.T).astype(np.float32)
   return x.astype(np.float32), labels

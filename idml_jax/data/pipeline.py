@@ -1,0 +1,133 @@
+"""The input pipeline on grain: deterministic, resumable by step, sharded per process.
+
+Each element of a batch is a pure function of ``(seed, step, row)``, so the iterator's
+whole state is the step it resumes from (stored in the training checkpoint). Process
+``p`` of ``n`` loads rows ``[p B/n, (p+1) B/n)`` of every global batch; with the
+class-balanced sampler those are whole classes. Batches are dicts of NumPy arrays:
+``image`` uint8 [b, S, S, 3], ``label`` int32 [b], ``mask`` bool [b], ``index`` int32 [b].
+
+Unreadable images never stop a run: they are logged, counted in ``skipped``, and
+replaced (training: another image of the same class; evaluation: masked out).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import grain
+import numpy as np
+
+from idml_jax.data import transforms
+
+
+class SkipCounter:
+  """Thread-safe count of unreadable images, with a warning for the first few."""
+
+  def __init__(self, max_warnings: int = 10):
+    self.count, self._lock, self._max = 0, threading.Lock(), max_warnings
+
+  def __getstate__(self):  # Worker processes get their own count (logged there).
+    return {"count": self.count, "_max": self._max}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _lock=threading.Lock())
+
+  def add(self, source, index: int, error: Exception) -> None:
+    with self._lock:
+      self.count += 1
+      n = self.count
+    if n <= self._max:
+      name = source.names[index] if hasattr(source, "names") else index
+      logging.warning("Skipping unreadable image %s (%s: %s); %d skipped so far.", name,
+                      type(error).__name__, error, n)
+
+
+def _local_rows(global_batch: int, process_index: int, process_count: int) -> range:
+  if global_batch % process_count:
+    raise ValueError(f"Global batch {global_batch} must divide over {process_count} processes.")
+  local = global_batch // process_count
+  return range(process_index * local, (process_index + 1) * local)
+
+
+def _iterate(ds: grain.MapDataset, num_threads: int, worker_count: int, prefetch: int) -> Iterator:
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=prefetch))
+  if worker_count > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain workers read absl flags (grain 0.2.18).
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(it)
+
+
+def train_batches(source, sampler: Callable[[int], np.ndarray], *, image_size: int,
+                  seed: int, start_step: int, num_steps: int, process_index: int = 0,
+                  process_count: int = 1, num_threads: int = 8, worker_count: int = 0,
+                  skipped: SkipCounter | None = None,
+                  transform: Callable | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Training batches for steps ``[start_step, start_step + num_steps)`` of this process.
+
+  Args:
+    source: an image source (``labels``, ``load``).
+    sampler: ``step -> [B] global batch indices`` (deterministic).
+    transform: ``(image, size, rng) -> uint8 image``; default random-resized-crop + flip.
+  """
+  transform = transform or transforms.train_transform
+  rows = _local_rows(sampler.batch_size, process_index, process_count)
+  local = len(rows)
+  skipped = skipped or SkipCounter()
+  labels = source.labels
+
+  def element(e: int) -> dict[str, np.ndarray]:
+    step, j = divmod(e, local)
+    row = rows.start + j
+    index = int(sampler(step)[row])
+    rng = np.random.default_rng([seed, step, row])
+    for attempt in range(5):
+      try:
+        image = transform(source.load(index), image_size, rng)
+        break
+      except Exception as err:  # noqa: BLE001  Corrupt files must not stop a long run.
+        skipped.add(source, index, err)
+        same = np.flatnonzero(labels == labels[index])
+        index = int(rng.choice(same)) if attempt < 4 else index
+    else:
+      image = np.zeros((image_size, image_size, 3), np.uint8)
+    return {"image": image, "label": np.int32(labels[index]), "mask": np.bool_(True),
+            "index": np.int32(index)}
+
+  ds = grain.MapDataset.range(start_step * local, (start_step + num_steps) * local)
+  ds = ds.map(element).batch(local, drop_remainder=True)
+  return _iterate(ds, num_threads, worker_count, prefetch=max(2, num_threads))
+
+
+def eval_batches(source, *, batch_size: int, image_size: int, resize_size: int,
+                 process_index: int = 0, process_count: int = 1, num_threads: int = 8,
+                 worker_count: int = 0, skipped: SkipCounter | None = None,
+                 transform: Callable | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One sequential pass, padded to whole global batches; padding has ``mask=False``."""
+  if transform is None:
+    transform = lambda img, size: transforms.eval_transform(img, size, resize_size)  # noqa: E731
+  rows = _local_rows(batch_size, process_index, process_count)
+  local, n = len(rows), len(source)
+  skipped = skipped or SkipCounter()
+
+  def element(e: int) -> dict[str, np.ndarray]:
+    step, j = divmod(e, local)
+    index = step * batch_size + rows.start + j
+    image, ok = np.zeros((image_size, image_size, 3), np.uint8), index < n
+    if ok:
+      try:
+        image = transform(source.load(index), image_size)
+      except Exception as err:  # noqa: BLE001
+        skipped.add(source, index, err)
+        ok = False
+    label = source.labels[index] if index < n else -1
+    return {"image": image, "label": np.int32(label), "mask": np.bool_(ok),
+            "index": np.int32(index)}
+
+  steps = -(-n // batch_size)
+  ds = grain.MapDataset.range(0, steps * local).map(element).batch(local)
+  return _iterate(ds, num_threads, worker_count, prefetch=max(2, num_threads))

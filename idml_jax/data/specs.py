@@ -1,0 +1,95 @@
+"""What each dataset of the papers is: class-disjoint split rule, TFDS names, expected counts.
+
+ALGORITHMS.md §3. A loaded split whose counts differ from these warns loudly, naming
+both numbers: silently wrong splits make results incomparable with the papers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitCounts:
+  images: int
+  classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One dataset.
+
+  Attributes:
+    name: config name.
+    counts: split -> expected (images, classes) of the class-disjoint protocol.
+    tfds_name: TFDS builder, or None (In-Shop has none).
+    tfds_splits: TFDS splits read and re-split by label (``train+test`` where TFDS
+      splits images within classes).
+    tfds_label_key: the feature holding the class.
+    num_train_classes: labels ``< num_train_classes`` train, the rest test, when the
+      class-disjoint split is re-made by label (CUB, Cars); None if TFDS splits
+      already are class-disjoint (SOP).
+    folder: the official PyTorch repos' folder name.
+    how_to_get: where the data comes from (printed with a missing-dataset error).
+  """
+
+  name: str
+  counts: dict[str, SplitCounts]
+  tfds_name: str | None
+  tfds_splits: dict[str, str]
+  tfds_label_key: str
+  num_train_classes: int | None
+  folder: str
+  how_to_get: str
+
+
+SPECS: dict[str, DatasetSpec] = {
+    "cub": DatasetSpec(
+        "cub", {"train": SplitCounts(5864, 100), "test": SplitCounts(5924, 100)},
+        "caltech_birds2011", {"train": "train+test", "test": "train+test"}, "label", 100,
+        "CUB_200_2011",
+        "https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)"),
+    "cars": DatasetSpec(
+        "cars", {"train": SplitCounts(8054, 98), "test": SplitCounts(8131, 98)},
+        "cars196", {"train": "train+test", "test": "train+test"}, "label", 98, "cars196",
+        "the Stanford Cars archive car_ims.tgz + cars_annos.mat (the TFDS URL is dead: "
+        "tensorflow/datasets#4932, #5656)"),
+    "sop": DatasetSpec(
+        "sop", {"train": SplitCounts(59551, 11318), "test": SplitCounts(60502, 11316)},
+        "stanford_online_products", {"train": "train", "test": "test"}, "class_id", None,
+        "Stanford_Online_Products",
+        "https://cvgl.stanford.edu/projects/lifted_struct/ (Stanford_Online_Products.zip; "
+        "the TFDS URL is dead: tensorflow/datasets#5053)"),
+    "inshop": DatasetSpec(
+        "inshop", {"train": SplitCounts(25882, 3997), "query": SplitCounts(14218, 3985),
+                   "gallery": SplitCounts(12612, 3985)},
+        None, {}, "", None, "InShop",
+        "DeepFashion In-shop Clothes Retrieval (Img/img.zip + Eval/list_eval_partition.txt) "
+        "from https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion.html; TFDS has no builder"),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+  try:
+    return SPECS[name]
+  except KeyError:
+    raise ValueError(f"Unknown dataset {name!r}; valid: {sorted(SPECS)}.") from None
+
+
+def check_counts(name: str, split: str, labels: np.ndarray) -> bool:
+  """Warns (naming both numbers) if a split's image or class count differs from the spec."""
+  spec = SPECS.get(name)
+  if spec is None or split not in spec.counts:
+    return True
+  want = spec.counts[split]
+  got = SplitCounts(len(labels), len(np.unique(labels)))
+  if got != want:
+    logging.warning(
+        "%s/%s has %d images in %d classes, but the papers' protocol has %d images in %d "
+        "classes: results will not be comparable with the papers.", name, split, got.images,
+        got.classes, want.images, want.classes)
+    return False
+  return True
