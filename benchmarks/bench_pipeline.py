@@ -22,7 +22,7 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--images", type=int, default=512)
   p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--steps", type=int, default=8)
+  p.add_argument("--steps", type=int, default=30)
   p.add_argument("--workers", default="0,2")
   args = p.parse_args()
   with tempfile.TemporaryDirectory() as d:

@@ -40,8 +40,8 @@ class ClassStats:
 
   @classmethod
   def create(cls, num_classes: int, dim: int) -> ClassStats:
-    zeros = jnp.zeros((num_classes, dim), jnp.float32)
-    return cls(zeros, zeros, jnp.zeros((num_classes,), jnp.float32), zeros)
+    zeros = lambda: jnp.zeros((num_classes, dim), jnp.float32)  # Distinct buffers (donation).
+    return cls(zeros(), zeros(), jnp.zeros((num_classes,), jnp.float32), zeros())
 
 
 def class_moments(z: jax.Array, labels: jax.Array, num_classes: int,
@@ -76,7 +76,7 @@ def merge(stats: ClassStats, b: jax.Array, a: jax.Array, v: jax.Array,
   w = w[:, None]
   covariance = (1 - w) * stats.covariance + w * v + w * (1 - w) * jnp.square(stats.mean - a)
   mean = (1 - w) * stats.mean + w * a
-  return ClassStats(mean, covariance, stats.count + b, covariance)
+  return ClassStats(mean, covariance, stats.count + b, jnp.copy(covariance))
 
 
 def class_weight(b: jax.Array, beta: float = 0.1, tau: float = 40.0) -> jax.Array:
@@ -88,17 +88,23 @@ def class_weight(b: jax.Array, beta: float = 0.1, tau: float = 40.0) -> jax.Arra
   return jnp.where(b < tau, 1.0 / (1.0 + jnp.log1p(beta * (b1 - 1.0))), 0.0)
 
 
-def _row_minmax_normalise(d: jax.Array, valid: jax.Array) -> jax.Array:
-  lo = jnp.min(jnp.where(valid, d, jnp.inf), axis=1, keepdims=True)
-  hi = jnp.max(jnp.where(valid, d, -jnp.inf), axis=1, keepdims=True)
-  span = hi - lo
-  return jnp.where(span > 0, (d - lo) / jnp.where(span > 0, span, 1.0), 0.0)
-
-
-def _pairwise_l2(x: jax.Array, y: jax.Array) -> jax.Array:
+def _sq_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   xx = jnp.sum(jnp.square(x), axis=1)[:, None]
   yy = jnp.sum(jnp.square(y), axis=1)[None, :]
-  return jnp.sqrt(jnp.maximum(xx + yy - 2.0 * x @ y.T, 0.0))
+  return jnp.maximum(xx + yy - 2.0 * x @ y.T, 0.0)
+
+
+def _normalised_at(sq: jax.Array, valid: jax.Array, nbr: jax.Array) -> jax.Array:
+  """Min-max normalised distances (over the valid entries of each row) at columns ``nbr``.
+
+  Works on squared distances: sqrt is monotonic, so only the row's extremes and the
+  gathered entries are square-rooted. [b, C], [b, C], [b, k] -> [b, k].
+  """
+  lo = jnp.sqrt(jnp.min(jnp.where(valid, sq, jnp.inf), axis=1, keepdims=True))
+  hi = jnp.sqrt(jnp.max(jnp.where(valid, sq, -jnp.inf), axis=1, keepdims=True))
+  d = jnp.sqrt(jnp.take_along_axis(sq, nbr, axis=1))
+  span = hi - lo
+  return jnp.where(span > 0, (d - lo) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("num_neighbors", "block_size"))
@@ -128,15 +134,13 @@ def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
   def one_block(start):
     idx = jax.lax.dynamic_slice_in_dim(rows, start, block)
     safe = jnp.minimum(idx, num_classes - 1)
-    d_mean = _pairwise_l2(mean_sq[safe], mean_sq)  # [block, C]
-    d_cov = _pairwise_l2(covariance[safe], covariance)
+    sq_mean = _sq_distances(mean_sq[safe], mean_sq)  # [block, C]
+    sq_cov = _sq_distances(covariance[safe], covariance)
     valid = eligible[None, :] & (safe[:, None] != jnp.arange(num_classes)[None, :])
-    d_mean_n = _row_minmax_normalise(d_mean, valid)
-    d_cov_n = _row_minmax_normalise(d_cov, valid)
-    _, nbr = top_k(jnp.where(valid, -d_mean, -jnp.inf), k)  # [block, k]
+    _, nbr = top_k(jnp.where(valid, -sq_mean, -jnp.inf), k)  # [block, k]
     nbr_valid = jnp.take_along_axis(valid, nbr, axis=1)
-    dm = jnp.take_along_axis(d_mean_n, nbr, axis=1)
-    dc = jnp.take_along_axis(d_cov_n, nbr, axis=1)
+    dm = _normalised_at(sq_mean, valid, nbr)
+    dc = _normalised_at(sq_cov, valid, nbr)
     w = b[nbr] * jnp.exp(-jnp.square(dm) / (2 * sigma_mean**2)
                          - jnp.square(dc) / (2 * sigma_cov**2))
     w = jnp.where(nbr_valid, w, 0.0)

@@ -228,7 +228,8 @@ def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray,
                       gallery: np.ndarray | None = None,
                       gallery_labels: np.ndarray | None = None, *,
                       ks=(1, 2, 4, 8), backend: str = "exact",
-                      normalize: bool = True, block_size: int = 2048) -> dict[str, float]:
+                      normalize: bool = True, block_size: int = 2048,
+                      per_query: bool = False):
   """Recall@K, R-Precision and MAP@R of cosine retrieval.
 
   Args:
@@ -238,8 +239,10 @@ def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray,
     ks: the K of Recall@K.
     backend: one of ``RETRIEVAL_BACKENDS``.
     normalize: L2-normalise the embeddings first.
+    per_query: also return each query's first-hit rank ([Q] int; int32 max when the
+      query has no relevant item).
   Returns:
-    ``{"recall@K": ..., "r_precision": ..., "map@r": ...}``.
+    ``{"recall@K": ..., "r_precision": ..., "map@r": ...}`` (and the ranks if per_query).
   """
   if backend not in RETRIEVAL_BACKENDS:
     raise ValueError(f"Unknown retrieval backend {backend!r}; valid: {RETRIEVAL_BACKENDS}.")
@@ -268,4 +271,5 @@ def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray,
     _, idx = knn.get_search(backend)(query, query if all_vs_all else gallery, k,
                                      exclude_self=all_vs_all)
     ranks = ranks_from_neighbors(g_labels[idx], query_labels, n_rel, rel.shape[1])
-  return metrics_from_ranks(ranks, n_rel, ks)
+  metrics = metrics_from_ranks(ranks, n_rel, ks)
+  return (metrics, ranks[:, 0]) if per_query else metrics

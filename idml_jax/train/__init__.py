@@ -1,0 +1,1 @@
+"""Training and evaluation of IDML, IAA and both together (the main job)."""

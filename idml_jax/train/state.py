@@ -1,0 +1,74 @@
+"""The train state pytree and its initialisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from idml_jax import iaa, losses
+from idml_jax.models import EmbeddingModel, convert, make_backbone
+from idml_jax.train import objective
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes, carried explicitly (and checkpointed whole).
+
+  Attributes:
+    step: global step.
+    params: ``{"model": embedding model params, "proxies": [C, D]}`` (proxies only for
+      proxy losses).
+    batch_stats: BatchNorm statistics (frozen unless ``model.train_bn``).
+    opt_state: optax state.
+    class_stats: IAA per-class statistics (a 1-class placeholder for other methods).
+    class_stats_epoch: last epoch at which ``class_stats`` were re-estimated (-1: never).
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  class_stats: iaa.ClassStats
+  class_stats_epoch: jax.Array
+
+
+def make_model(config: ml_collections.ConfigDict) -> nn.Module:
+  backbone = make_backbone(config.model.backbone, train_bn=config.model.train_bn,
+                           dtype=jnp.dtype(config.model.dtype))
+  return EmbeddingModel(backbone, config.model.embedding_dim,
+                        uncertainty=objective.uses_idml(config.method),
+                        uncertainty_activation=config.model.uncertainty_activation,
+                        pooling=config.model.pooling)
+
+
+def init_state(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int,
+               tx: optax.GradientTransformation | None = None) -> tuple[TrainState, Any]:
+  """Initial state (pretrained backbone loaded if configured) and the param labels input.
+
+  Returns ``(state, params)``; ``tx`` may be None to get params for building ``tx``.
+  """
+  key = jax.random.PRNGKey(config.seed)
+  size = config.data.image_size
+  variables = model.init(jax.random.fold_in(key, 1), jnp.zeros((1, size, size, 3)))
+  if config.model.pretrained:
+    variables = convert.load_into(variables,
+                                  convert.load(config.model.pretrained, config.model.backbone))
+  params = {"model": variables["params"]}
+  if config.loss.name in losses.PROXY_LOSSES:
+    dim = config.model.embedding_dim
+    # Kaiming-normal, fan-out: std = sqrt(2 / C) (ALGORITHMS.md §1.5).
+    params["proxies"] = jax.random.normal(jax.random.fold_in(key, 2), (num_classes, dim)) * \
+        jnp.sqrt(2.0 / num_classes)
+  n_stats = num_classes if objective.uses_iaa(config.method) else 1
+  stats = iaa.ClassStats.create(n_stats, config.model.embedding_dim)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     batch_stats=variables.get("batch_stats", {}),
+                     opt_state=tx.init(params) if tx is not None else None,
+                     class_stats=stats, class_stats_epoch=jnp.full((), -1, jnp.int32))
+  return state, params

@@ -1,0 +1,104 @@
+"""Compiled, data-parallel steps: one global-view ``jax.jit`` over a ``("data",)`` mesh.
+
+The batch is sharded over the mesh's ``data`` axis and the state replicated, so the loss
+always sees the **global** batch, exactly as on one device; XLA inserts the
+collectives. Randomness is ``fold_in(key, step)``, never stored.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from idml_jax import iaa
+from idml_jax.data.transforms import normalize
+from idml_jax.models import get_backbone
+from idml_jax.train import objective
+from idml_jax.train.state import TrainState
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def to_global(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This process's rows of a batch -> global arrays sharded over ``data``."""
+  sharding = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def replicate(mesh: Mesh, tree):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+class Steps:
+  """The jitted train and embed steps of one config (compiled once per variant)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
+               mesh: Mesh):
+    self.config, self.model, self.tx, self.mesh = config, model, tx, mesh
+    self.spec = get_backbone(config.model.backbone).input_spec
+    self.key = jax.random.PRNGKey(config.seed)
+    self._train = {}
+    repl = NamedSharding(mesh, P())
+    self.embed = jax.jit(self._embed, out_shardings=repl)
+    self.update_class_stats = jax.jit(self._update_class_stats, donate_argnums=0,
+                                      out_shardings=repl)
+    self._repl = repl
+
+  def _apply(self, batch_stats, train_backbone: bool):
+    def apply(model_params, images):
+      if not train_backbone:  # Warm-up: no gradient through (or Adam state for) the backbone.
+        model_params = {**model_params,
+                        "backbone": jax.lax.stop_gradient(model_params["backbone"])}
+      return self.model.apply({"params": model_params, "batch_stats": batch_stats}, images)
+    return apply
+
+  def train_step(self, state: TrainState, batch: dict, strength: float, *, synthesize: bool,
+                 train_backbone: bool) -> tuple[TrainState, dict]:
+    variant = (synthesize, train_backbone)
+    if variant not in self._train:
+      fn = functools.partial(self._train_step, synthesize=synthesize,
+                             train_backbone=train_backbone)
+      self._train[variant] = jax.jit(fn, donate_argnums=0,
+                                     out_shardings=(self._repl, self._repl))
+    return self._train[variant](state, batch, jnp.float32(strength))
+
+  def _train_step(self, state, batch, strength, *, synthesize, train_backbone):
+    key = jax.random.fold_in(self.key, state.step)
+    images = normalize(batch["image"], self.spec)
+    apply_fn = self._apply(state.batch_stats, train_backbone)
+
+    def loss_fn(params):
+      return objective.total_loss(self.config, apply_fn, params, images, batch["label"], key,
+                                  state.class_stats, strength, synthesize)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _embed(self, state, images):
+    """Normalised images -> semantic embeddings [B, D] and uncertainty norms [B]."""
+    out = self.model.apply({"params": state.params["model"], "batch_stats": state.batch_stats},
+                           normalize(images, self.spec))
+    unc = out.get("uncertainty")
+    norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
+    return out["semantic"], norm
+
+  def _update_class_stats(self, stats, z, labels, mask):
+    cfg = self.config.iaa
+    n_classes = stats.mean.shape[0]
+    correct = cfg.correction == "on" or (cfg.correction == "auto" and n_classes > 1000)
+    kwargs = dict(num_neighbors=cfg.num_neighbors, beta=cfg.beta, tau=cfg.tau,
+                  gamma=cfg.gamma) if correct else {}
+    return iaa.update(stats, z, labels, mask=mask, momentum=cfg.momentum, correct=correct,
+                      **kwargs)
