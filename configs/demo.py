@@ -11,7 +11,7 @@ Recall@1 well above the untrained network's (see BENCHMARKS.md for measured valu
 scikit-learn's digits instead.
 """
 
-from idml_jax.config import default_config
+from idml_jax.config import default_config, runlocal
 
 
 def get_config(arg: str = ""):
@@ -40,16 +40,12 @@ def get_config(arg: str = ""):
   c.iaa.strength = 0.8
   c.eval.every_epochs = 4
   c.eval.batch_size = 80
+  c.eval.at_start = True  # results.json["untrained"]: the same network before training.
   c.log_every_steps = 10
   if "digits" in arg:
     c.data.name = "digits"
     c.data.image_size = c.data.resize_size = 32
     c.batch_size = 40
   if "runlocal" in arg:
-    c.num_epochs = 2
-    c.max_steps_per_epoch = 2
-    c.iaa.start_epoch = 1
-    c.iaa.update_every = 1
-    c.eval.every_epochs = 1
-    c.log_every_steps = 1
+    runlocal(c)
   return c

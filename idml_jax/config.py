@@ -86,9 +86,31 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.backend = "exact"
   c.eval.nmi = True
   c.eval.batch_size = 128
+  c.eval.at_start = False  # Also evaluate the untrained model (results.json "untrained").
 
   c.checkpoint_every_epochs = 1
   c.log_every_steps = 20
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any config to a seconds-long run (same data, tiny model, 2 × 2 steps)."""
+  c.model.backbone = "resnet_tiny"
+  c.model.pretrained = ""
+  c.model.embedding_dim = 32
+  c.model.dtype = "float32"
+  c.data.image_size = c.data.resize_size = 32
+  c.data.images_per_class = 2
+  c.batch_size = 16
+  c.eval.batch_size = 32
+  c.num_epochs = 2
+  c.max_steps_per_epoch = 2
+  c.optimizer.warmup_epochs = min(c.optimizer.warmup_epochs, 1)
+  c.iaa.start_epoch = min(c.iaa.start_epoch, 1)
+  c.iaa.update_every = 1
+  c.eval.every_epochs = 1
+  c.eval.nmi = False
+  c.log_every_steps = 1
   return c
 
 
@@ -140,6 +162,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     errors.append(f"batch_size {got['batch_size']} must be a multiple of data.images_per_class "
                   f"{got['data.images_per_class']}")
   if got.get("data.source") == "folder" and not got.get("data.data_dir"):
-    errors.append("data.source='folder' needs data.data_dir (the folder holding the dataset)")
+    errors.append("data.source='folder' needs the folder holding the dataset: add "
+                  "--config.data.data_dir=/path/to/datasets")
+  if got.get("data.source") == "tfds" and got.get("data.name") == "inshop":
+    errors.append("In-Shop has no TFDS builder: use data.source='folder'")
   if errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(errors))

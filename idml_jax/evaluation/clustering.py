@@ -123,7 +123,9 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, max_full_passes: int = 4,
   valid = jnp.arange(n + pad) < n
   m = min(num_candidates, k)
   trials = trials or 2 + int(np.log(k))
-  batch = max(1, min(init_batch, k - 1))
+  # Candidates of a round come from the D² at its start: keep rounds short relative to k
+  # (k / 64 centres a round at most), so that batching never crowds one region.
+  batch = max(1, min(init_batch, k // 64))
   centres = kmeans_plus_plus(jax.random.PRNGKey(seed), xj[:n], k, batch, trials)
   assign, cand = _full_assign(xj, centres, m, block)
   for _ in range(max_full_passes):

@@ -52,9 +52,12 @@ def _maybe_update_class_stats(steps: Steps, state, train_source, epoch: int):
   return state.replace(class_stats=stats, class_stats_epoch=np.int32(epoch))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates, writes
-  ``results.json`` and figures. Returns the final results."""
+  ``results.json`` and figures. Returns the final results.
+
+  ``devices``: the devices of the data-parallel mesh (default: all).
+  """
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -66,10 +69,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = sampler.steps_per_epoch(max_steps)
   total_steps = steps_per_epoch * config.num_epochs
 
-  mesh = make_mesh()
-  if config.batch_size % jax.device_count():
-    raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
-                     f"{jax.device_count()} devices.")
+  mesh = make_mesh(devices)
+  for key, value in (("batch_size", config.batch_size),
+                     ("eval.batch_size", config.eval.batch_size)):
+    if value % mesh.size:
+      raise ValueError(f"{key}={value} must be a multiple of the {mesh.size} devices.")
   model = make_model(config)
   _, params = init_state(config, model, num_classes)
   tx = make_optimizer(config, params, steps_per_epoch)
@@ -89,14 +93,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best = _read_best(workdir)
   logging.info("%s | %s on %s | %d classes, %d images | %d epochs × %d steps | %d devices",
                config.method, config.loss.name, config.data.name, num_classes,
-               len(train_source), config.num_epochs, steps_per_epoch, jax.device_count())
+               len(train_source), config.num_epochs, steps_per_epoch, mesh.size)
 
   batches = data.train_batches(
       train_source, sampler, image_size=config.data.image_size, seed=config.seed,
       start_step=start, num_steps=total_steps - start, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads,
       worker_count=config.data.worker_count, skipped=skipped)
-  metrics = {}
+  metrics, untrained = {}, None
+  if config.eval.at_start and start == 0:
+    untrained, _ = evaluate(steps, state, splits)
+    writer.write(0, untrained, "eval/")
+    logging.info("untrained: %s", " ".join(f"{k}={v:.4f}" for k, v in untrained.items()))
   t_start = time.perf_counter()
   try:
     for step in range(start, total_steps):
@@ -141,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     ckpts.wait()
     writer.close()
-  return _finish(config, workdir, steps, state, splits, best, total_steps, start,
+  return _finish(config, workdir, steps, state, splits, best, untrained, total_steps, start,
                  time.perf_counter() - t_start, ckpts)
 
 
@@ -155,10 +163,11 @@ def _read_best(workdir: str) -> dict | None:
   return json.load(open(path)) if os.path.exists(path) else None
 
 
-def _finish(config, workdir, steps, state, splits, best, total_steps, start, seconds, ckpts):
+def _finish(config, workdir, steps, state, splits, best, untrained, total_steps, start, seconds,
+            ckpts):
   final, emb = evaluate(steps, state, splits)
   ckpts.close()
-  results = {"final": final, "best": best, "steps": total_steps,
+  results = {"final": final, "best": best, "untrained": untrained, "steps": total_steps,
              "train_seconds_this_run": seconds,
              "steps_this_run": total_steps - start, "config": config.to_dict()}
   if jax.process_index() == 0:

@@ -24,8 +24,9 @@ from idml_jax.train import objective
 from idml_jax.train.state import TrainState
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D ``("data",)`` mesh over ``devices`` (default: all devices of all processes)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
 def to_global(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -83,7 +84,7 @@ class Steps:
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _embed(self, state, images):
