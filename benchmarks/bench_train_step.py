@@ -1,0 +1,99 @@
+"""Train-step throughput per method, and the loss/IAA share of the step.
+
+Usage: python benchmarks/bench_train_step.py [--model demo|resnet50] [--batch 40]
+       [--methods baseline,idml,iaa,idml+iaa] [--dtype bfloat16] [--steps 5]
+
+For each method: images/s of the full jitted step (IDML: two forward passes), and the
+same step with the metric-learning loss replaced by a trivial one (sum of embeddings):
+``overhead = 1 - trivial / full`` is the share of the step spent in the loss, Mixup's
+second pass excluded (it is part of both), and IAA synthesis.
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from idml_jax import config as config_lib
+from idml_jax.train import objective
+from idml_jax.train.optim import make_optimizer
+from idml_jax.train.state import init_state, make_model
+from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
+
+
+def config_for(model: str, method: str, batch: int, dtype: str):
+  c = config_lib.default_config()
+  c.method = method
+  c.loss.name = "multi_similarity" if "iaa" in method else "proxy_anchor"
+  c.optimizer.warmup_epochs = 0
+  c.batch_size = batch
+  c.model.dtype = dtype
+  if model == "demo":
+    c.model.backbone, c.model.embedding_dim = "resnet_tiny", 64
+    c.data.image_size = 64
+  else:
+    c.model.backbone, c.data.image_size = "resnet50", 224
+  return c
+
+
+def time_step(c, num_classes, steps_n, trivial: bool):
+  mesh = make_mesh()
+  model = make_model(c)
+  _, params = init_state(c, model, num_classes)
+  tx = make_optimizer(c, params, 100)
+  state, _ = init_state(c, model, num_classes, tx)
+  state = replicate(mesh, state)
+  steps = Steps(c, model, tx, mesh)
+  if "iaa" in c.method:
+    z = np.random.default_rng(0).standard_normal((4 * num_classes, c.model.embedding_dim))
+    y = np.repeat(np.arange(num_classes), 4).astype(np.int32)
+    state = state.replace(class_stats=steps.update_class_stats(
+        state.class_stats, z.astype(np.float32), y, np.ones(len(y), bool)))
+  rng = np.random.default_rng(0)
+  s = c.data.image_size
+  batch = to_global(mesh, {
+      "image": rng.integers(0, 255, (c.batch_size, s, s, 3), dtype=np.uint8),
+      "label": np.repeat(np.arange(c.batch_size // 4), 4).astype(np.int32) % num_classes})
+  if trivial:
+    real = objective.loss_on_embeddings
+    objective.loss_on_embeddings = lambda cfg, out, *a, **k: jnp.sum(out["semantic"]) * 1e-6
+  try:
+    synth = "iaa" in c.method
+    state, _ = steps.train_step(state, batch, 0.8, synthesize=synth, train_backbone=True)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps_n):
+      t = time.perf_counter()
+      state, m = steps.train_step(state, batch, 0.8, synthesize=synth, train_backbone=True)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t)
+  finally:
+    if trivial:
+      objective.loss_on_embeddings = real
+  return statistics.median(times)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--model", default="demo", choices=["demo", "resnet50"])
+  p.add_argument("--batch", type=int, default=40)
+  p.add_argument("--methods", default="baseline,idml,iaa,idml+iaa")
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--classes", type=int, default=100)
+  p.add_argument("--steps", type=int, default=5)
+  args = p.parse_args()
+  print(f"{args.model} batch {args.batch} {args.dtype} on {jax.device_count()}× "
+        f"{jax.devices()[0].device_kind}")
+  for method in args.methods.split(","):
+    c = config_for(args.model, method, args.batch, args.dtype)
+    full = time_step(c, args.classes, args.steps, trivial=False)
+    base = time_step(c, args.classes, args.steps, trivial=True)
+    print(f"{method:9s} {args.batch / full:8.1f} images/s ({full * 1000:7.1f} ms/step); "
+          f"loss+IAA share of the step {max(0.0, 1 - base / full):5.1%}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
