@@ -19,8 +19,7 @@ import numpy as np
 
 from idml_jax import config as config_lib
 from idml_jax.train import objective
-from idml_jax.train.optim import make_optimizer
-from idml_jax.train.state import init_state, make_model
+from idml_jax.train.state import create, make_model
 from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
 
 
@@ -42,9 +41,7 @@ def config_for(model: str, method: str, batch: int, dtype: str):
 def time_step(c, num_classes, steps_n, trivial: bool):
   mesh = make_mesh()
   model = make_model(c)
-  _, params = init_state(c, model, num_classes)
-  tx = make_optimizer(c, params, 100)
-  state, _ = init_state(c, model, num_classes, tx)
+  state, tx = create(c, model, num_classes, 100)
   state = replicate(mesh, state)
   steps = Steps(c, model, tx, mesh)
   if "iaa" in c.method:

@@ -14,8 +14,7 @@ from idml_jax import config as config_lib
 from idml_jax import data, iaa
 from idml_jax.train import loop, objective
 from idml_jax.train.checkpoint import Checkpoints
-from idml_jax.train.optim import make_optimizer
-from idml_jax.train.state import init_state, make_model
+from idml_jax.train.state import create, init_state, make_model
 from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -64,9 +63,7 @@ def _run_steps(config, devices, num_steps=3):
   src = splits["train"]
   mesh = make_mesh(devices)
   model = make_model(config)
-  _, params = init_state(config, model, 5)
-  tx = make_optimizer(config, params, 10)
-  state, _ = init_state(config, model, 5, tx)
+  state, tx = create(config, model, 5, 10)
   state = replicate(mesh, state)
   steps = Steps(config, model, tx, mesh)
   rng = np.random.default_rng(0)
@@ -98,9 +95,7 @@ def test_uncertainty_head_learns_in_idml_mode():
   c = tiny(method="idml", loss="proxy_anchor")
   mesh = make_mesh(jax.devices()[:1])
   model = make_model(c)
-  _, params = init_state(c, model, 5)
-  tx = make_optimizer(c, params, 10)
-  state, _ = init_state(c, model, 5, tx)
+  state, tx = create(c, model, 5, 10)
   before = jax.device_get(state.params["model"]["uncertainty"]["kernel"])
   steps = Steps(c, model, tx, mesh)
   batch = to_global(mesh, {"image": np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3),
@@ -142,10 +137,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
 
 
 def _template(c):
-  model = make_model(c)
-  _, params = init_state(c, model, 5)
-  state, _ = init_state(c, model, 5, make_optimizer(c, params, 2))
-  return state
+  return create(c, make_model(c), 5, 2)[0]
 
 
 def test_iaa_synthesis_only_from_start_epoch(tmp_path, monkeypatch):
@@ -207,6 +199,6 @@ def test_paper_configs_validate(name, arg):
 
 def test_class_stats_only_for_iaa():
   c = tiny(method="idml", loss="proxy_anchor")
-  state, _ = init_state(c, make_model(c), 5)
+  state = init_state(c, make_model(c), 5)
   assert state.class_stats.mean.shape == (1, 16)
   assert isinstance(state.class_stats, iaa.ClassStats)

@@ -13,13 +13,12 @@ import ml_collections
 import numpy as np
 
 from idml_jax import config as config_lib
-from idml_jax import data
+from idml_jax import data, iaa
 from idml_jax.train import figures, objective
 from idml_jax.train.checkpoint import Checkpoints
 from idml_jax.train.evaluate import embed_split, evaluate
-from idml_jax.train.optim import make_optimizer
 from idml_jax.train.reporting import MetricWriter, Progress
-from idml_jax.train.state import init_state, make_model
+from idml_jax.train.state import create, make_model
 from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
 
 
@@ -75,9 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     if value % mesh.size:
       raise ValueError(f"{key}={value} must be a multiple of the {mesh.size} devices.")
   model = make_model(config)
-  _, params = init_state(config, model, num_classes)
-  tx = make_optimizer(config, params, steps_per_epoch)
-  state, _ = init_state(config, model, num_classes, tx)
+  state, tx = create(config, model, num_classes, steps_per_epoch)
   state = replicate(mesh, state)
   steps = Steps(config, model, tx, mesh)
 
@@ -100,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       start_step=start, num_steps=total_steps - start, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads,
       worker_count=config.data.worker_count, skipped=skipped)
-  metrics, untrained = {}, None
+  metrics, untrained, last_eval = {}, None, None
   if config.eval.at_start and start == 0:
     untrained, _ = evaluate(steps, state, splits)
     writer.write(0, untrained, "eval/")
@@ -113,26 +110,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         state = _maybe_update_class_stats(steps, state, train_source, epoch)
       batch = to_global(mesh, {k: v for k, v in next(batches).items() if k in ("image", "label")})
       synthesize = objective.uses_iaa(config.method) and epoch >= config.iaa.start_epoch
-      strength = config.iaa.strength * float(
-          _strength_factor(epoch, config.num_epochs)) if synthesize else 0.0
+      strength = float(iaa.strength_schedule(config.iaa.strength, epoch, config.num_epochs)
+                       ) if synthesize else 0.0
       state, metrics = steps.train_step(
           state, batch, strength, synthesize=synthesize,
           train_backbone=epoch >= config.optimizer.warmup_epochs)
       done = step + 1
-      if done % config.log_every_steps == 0 or done == total_steps:
-        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not all(math.isfinite(v) for v in scalars.values()):
-          last = ckpts.latest_step()
-          raise NonFiniteLossError(
-              f"Non-finite training metrics at step {done}: {scalars}. The last good checkpoint "
-              f"is step {last} in {ckpts.dir}" if last is not None else
-              f"Non-finite training metrics at step {done}: {scalars}; no checkpoint yet.")
-        scalars.update(progress(done, scalars))
-        writer.write(done, scalars, "train/")
-      if done % steps_per_epoch == 0:
+      epoch_end = done % steps_per_epoch == 0
+      if done % config.log_every_steps == 0 or epoch_end:  # Always checked before saving.
+        scalars = _finite_scalars(metrics, done, ckpts)
+        if done % config.log_every_steps == 0:
+          scalars.update(progress(done, scalars))
+          writer.write(done, scalars, "train/")
+      if epoch_end:
         ep = done // steps_per_epoch
         if ep % config.eval.every_epochs == 0 or done == total_steps:
-          metrics_eval, _ = evaluate(steps, state, splits)
+          metrics_eval, emb = evaluate(steps, state, splits)
+          last_eval = (dict(metrics_eval), emb) if done == total_steps else None
           metrics_eval["skipped_images"] = skipped.count
           writer.write(done, metrics_eval, "eval/")
           logging.info("epoch %d: %s", ep, " ".join(f"{k}={v:.4f}" for k, v in
@@ -149,13 +143,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   finally:
     ckpts.wait()
     writer.close()
-  return _finish(config, workdir, steps, state, splits, best, untrained, total_steps, start,
-                 time.perf_counter() - t_start, ckpts)
+  return _finish(config, workdir, steps, state, splits, best, untrained, last_eval, total_steps,
+                 start, time.perf_counter() - t_start, ckpts)
 
 
-def _strength_factor(epoch: int, total_epochs: int) -> float:
-  from idml_jax.iaa import strength_schedule
-  return float(strength_schedule(1.0, epoch, total_epochs))
+def _finite_scalars(metrics: dict, step: int, ckpts: Checkpoints) -> dict[str, float]:
+  """Host copies of the step's metrics; stops the run if any is NaN/inf."""
+  scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not all(math.isfinite(v) for v in scalars.values()):
+    last = ckpts.latest_step()
+    where = (f"The last good checkpoint is step {last} in {ckpts.dir}." if last is not None
+             else "No checkpoint was written yet.")
+    raise NonFiniteLossError(f"Non-finite training metrics at step {step}: {scalars}. {where}")
+  return scalars
 
 
 def _read_best(workdir: str) -> dict | None:
@@ -163,9 +163,9 @@ def _read_best(workdir: str) -> dict | None:
   return json.load(open(path)) if os.path.exists(path) else None
 
 
-def _finish(config, workdir, steps, state, splits, best, untrained, total_steps, start, seconds,
-            ckpts):
-  final, emb = evaluate(steps, state, splits)
+def _finish(config, workdir, steps, state, splits, best, untrained, last_eval, total_steps, start,
+            seconds, ckpts):
+  final, emb = last_eval or evaluate(steps, state, splits)
   ckpts.close()
   results = {"final": final, "best": best, "untrained": untrained, "steps": total_steps,
              "train_seconds_this_run": seconds,
@@ -190,9 +190,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, best: bool = 
   ckpts = Checkpoints(workdir)
   if (ckpts.best if best else ckpts.latest).latest_step() is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}; train first (--mode=train).")
-  _, params = init_state(config, model, num_classes)
-  tx = make_optimizer(config, params, 1)
-  state, _ = init_state(config, model, num_classes, tx)
+  state, tx = create(config, model, num_classes, 1)
   state = ckpts.restore(replicate(mesh, state), best=best)
   metrics, _ = evaluate(Steps(config, model, tx, mesh), state, splits)
   ckpts.close()

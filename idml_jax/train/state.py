@@ -14,6 +14,7 @@ import optax
 from idml_jax import iaa, losses
 from idml_jax.models import EmbeddingModel, convert, make_backbone
 from idml_jax.train import objective
+from idml_jax.train.optim import make_optimizer
 
 
 @flax.struct.dataclass
@@ -47,12 +48,10 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
                         pooling=config.model.pooling)
 
 
-def init_state(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int,
-               tx: optax.GradientTransformation | None = None) -> tuple[TrainState, Any]:
-  """Initial state (pretrained backbone loaded if configured) and the param labels input.
-
-  Returns ``(state, params)``; ``tx`` may be None to get params for building ``tx``.
-  """
+def init_state(config: ml_collections.ConfigDict, model: nn.Module,
+               num_classes: int) -> TrainState:
+  """Initial state, pretrained backbone loaded if configured; ``opt_state`` is None (see
+  :func:`create`: the optimizer's groups are built from these params)."""
   key = jax.random.PRNGKey(config.seed)
   size = config.data.image_size
   variables = model.init(jax.random.fold_in(key, 1), jnp.zeros((1, size, size, 3)))
@@ -67,8 +66,14 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module, num_classes:
         jnp.sqrt(2.0 / num_classes)
   n_stats = num_classes if objective.uses_iaa(config.method) else 1
   stats = iaa.ClassStats.create(n_stats, config.model.embedding_dim)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=variables.get("batch_stats", {}),
-                     opt_state=tx.init(params) if tx is not None else None,
-                     class_stats=stats, class_stats_epoch=jnp.full((), -1, jnp.int32))
-  return state, params
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=None,
+                    class_stats=stats, class_stats_epoch=jnp.full((), -1, jnp.int32))
+
+
+def create(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int,
+           steps_per_epoch: int) -> tuple[TrainState, optax.GradientTransformation]:
+  """The initial state with its optimizer state, and the optimizer."""
+  state = init_state(config, model, num_classes)
+  tx = make_optimizer(config, state.params, steps_per_epoch)
+  return state.replace(opt_state=tx.init(state.params)), tx
