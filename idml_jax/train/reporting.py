@@ -33,7 +33,7 @@ class MetricWriter:
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in scalars.items():
-        self._tb.add_scalar(k, v, step)
+        self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags: no '@'.
       self._tb.flush()
 
   def close(self) -> None:
