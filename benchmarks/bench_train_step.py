@@ -48,7 +48,7 @@ def time_step(c, num_classes, steps_n, trivial: bool):
     z = np.random.default_rng(0).standard_normal((4 * num_classes, c.model.embedding_dim))
     y = np.repeat(np.arange(num_classes), 4).astype(np.int32)
     state = state.replace(class_stats=steps.update_class_stats(
-        state.class_stats, z.astype(np.float32), y, np.ones(len(y), bool)))
+        state.class_stats, z.astype(np.float32), y))
   rng = np.random.default_rng(0)
   s = c.data.image_size
   batch = to_global(mesh, {

@@ -18,6 +18,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from idml_jax.similarity import squared_distances
 from idml_jax.top_k import top_k
 
 
@@ -88,12 +89,6 @@ def class_weight(b: jax.Array, beta: float = 0.1, tau: float = 40.0) -> jax.Arra
   return jnp.where(b < tau, 1.0 / (1.0 + jnp.log1p(beta * (b1 - 1.0))), 0.0)
 
 
-def _sq_distances(x: jax.Array, y: jax.Array) -> jax.Array:
-  xx = jnp.sum(jnp.square(x), axis=1)[:, None]
-  yy = jnp.sum(jnp.square(y), axis=1)[None, :]
-  return jnp.maximum(xx + yy - 2.0 * x @ y.T, 0.0)
-
-
 def _normalised_at(sq: jax.Array, valid: jax.Array, nbr: jax.Array) -> jax.Array:
   """Min-max normalised distances (over the valid entries of each row) at columns ``nbr``.
 
@@ -134,8 +129,8 @@ def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
   def one_block(start):
     idx = jax.lax.dynamic_slice_in_dim(rows, start, block)
     safe = jnp.minimum(idx, num_classes - 1)
-    sq_mean = _sq_distances(mean_sq[safe], mean_sq)  # [block, C]
-    sq_cov = _sq_distances(covariance[safe], covariance)
+    sq_mean = squared_distances(mean_sq[safe], mean_sq)  # [block, C]
+    sq_cov = squared_distances(covariance[safe], covariance)
     valid = eligible[None, :] & (safe[:, None] != jnp.arange(num_classes)[None, :])
     _, nbr = top_k(jnp.where(valid, -sq_mean, -jnp.inf), k)  # [block, k]
     nbr_valid = jnp.take_along_axis(valid, nbr, axis=1)

@@ -72,7 +72,7 @@ def introspective_similarity(s: jax.Array, d_semantic: jax.Array, d_uncertainty:
   return 1.0 - (1.0 - s) * factor
 
 
-def _squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
+def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
   """[N, D], [M, D] -> [N, M] squared Euclidean distances, clamped at 0."""
   xx = jnp.sum(jnp.square(x), axis=-1)[:, None]
   yy = jnp.sum(jnp.square(y), axis=-1)[None, :]
@@ -94,7 +94,7 @@ def proxy_introspective_similarity(semantic: jax.Array, uncertainty: jax.Array |
   s = l2_normalize(semantic) @ l2_normalize(proxies).T
   if uncertainty is None:
     return s
-  d_semantic = _squared_distances(semantic, proxies)
+  d_semantic = squared_distances(semantic, proxies)
   d_uncertainty = jnp.sum(jnp.square(uncertainty), axis=-1)[:, None]
   return introspective_similarity(s, d_semantic, d_uncertainty, a, b)
 
@@ -118,7 +118,7 @@ def pairwise_introspective_similarity(semantic_a: jax.Array, uncertainty_a: jax.
   s = l2_normalize(semantic_a) @ l2_normalize(semantic_b).T
   if uncertainty_a is None:
     return s
-  d_semantic = _squared_distances(semantic_a, semantic_b)
+  d_semantic = squared_distances(semantic_a, semantic_b)
   d_uncertainty = (jnp.sum(jnp.square(uncertainty_a), axis=-1)[:, None]
                    + jnp.sum(jnp.square(uncertainty_b), axis=-1)[None, :])
   return introspective_similarity(s, d_semantic, d_uncertainty, a, b)
@@ -137,6 +137,6 @@ def introspective_logits(features: jax.Array, kernel: jax.Array, uncertainty: ja
     time) and ``zI_c = 1 - (1 - z_c) exp(-(du + a) / (b ||h - w_c||²))`` (trained on).
   """
   logits = features @ kernel
-  d_semantic = _squared_distances(features, kernel.T)
+  d_semantic = squared_distances(features, kernel.T)
   d_uncertainty = jnp.sum(jnp.square(uncertainty), axis=-1)[:, None]
   return logits, introspective_similarity(logits, d_semantic, d_uncertainty, a, b)

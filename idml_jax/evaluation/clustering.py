@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
+from idml_jax.evaluation.retrieval import l2_normalize_np
+
 
 def _sq_norms(x):
   return jnp.sum(jnp.square(x), axis=1)
@@ -186,7 +188,7 @@ def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, *, backend: s
   if not np.all(np.isfinite(x)):
     raise ValueError("embeddings contain NaN/inf; check the model before evaluating.")
   if normalize:
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = l2_normalize_np(x)
   k = len(np.unique(labels))
   clusters = KMEANS_BACKENDS[backend](x, k, seed=seed)
   return {"nmi": float(normalized_mutual_info_score(labels, clusters)),

@@ -44,8 +44,7 @@ def _maybe_update_class_stats(steps: Steps, state, train_source, epoch: int):
   t = time.perf_counter()
   emb = embed_split(steps, state, train_source)
   stats = steps.update_class_stats(state.class_stats, emb["semantic"],
-                                   emb["labels"].astype(np.int32),
-                                   np.ones(len(emb["labels"]), bool))
+                                   emb["labels"].astype(np.int32))
   logging.info("IAA class statistics re-estimated at epoch %d over %d images (%.1f s).", epoch,
                len(emb["labels"]), time.perf_counter() - t)
   return state.replace(class_stats=stats, class_stats_epoch=np.int32(epoch))

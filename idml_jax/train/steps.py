@@ -95,7 +95,7 @@ class Steps:
     norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
     return out["semantic"], norm
 
-  def _update_class_stats(self, stats, z, labels, mask):
+  def _update_class_stats(self, stats, z, labels, mask=None):
     cfg = self.config.iaa
     n_classes = stats.mean.shape[0]
     correct = cfg.correction == "on" or (cfg.correction == "auto" and n_classes > 1000)
