@@ -164,6 +164,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if got.get("data.source") == "folder" and not got.get("data.data_dir"):
     errors.append("data.source='folder' needs the folder holding the dataset: add "
                   "--config.data.data_dir=/path/to/datasets")
+  if got.get("model.train_bn"):
+    errors.append("model.train_bn=True: the training loop keeps BatchNorm frozen (both papers "
+                  "do); training BN statistics is not implemented yet")
   if got.get("data.source") == "tfds" and got.get("data.name") == "inshop":
     errors.append("In-Shop has no TFDS builder: use data.source='folder'")
   if errors:

@@ -68,7 +68,7 @@ def _run_steps(config, devices, num_steps=3):
   steps = Steps(config, model, tx, mesh)
   rng = np.random.default_rng(0)
   z = rng.standard_normal((len(src), config.model.embedding_dim)).astype(np.float32)
-  stats = steps.update_class_stats(state.class_stats, z, src.labels, np.ones(len(src), bool))
+  stats = steps.update_class_stats(state.class_stats, z, src.labels)
   state = state.replace(class_stats=stats)
   sampler = data.ClassBalancedSampler(src.labels, config.batch_size,
                                       config.data.images_per_class, seed=0)
@@ -169,6 +169,7 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     (lambda c: c.update({"method": "iaa"}), "pair losses"),
     (lambda c: c.data.update({"source": "folder"}), "--config.data.data_dir"),
     (lambda c: c.model.update({"backbone": "vit"}), "resnet50"),
+    (lambda c: c.model.update({"train_bn": True}), "BatchNorm frozen"),
 ])
 def test_bad_config_rejected_before_work(change, match):
   c = config_lib.default_config()
