@@ -35,6 +35,8 @@ class Checkpoints:
     self.best.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
                    force=True)
     self.best.wait_until_finished()
+    if jax.process_index() != 0:  # One writer on a filesystem all hosts share.
+      return
     with open(os.path.join(self.best_dir, "metrics.json"), "w") as f:
       json.dump({"step": step, **metrics}, f, indent=1)
 
