@@ -52,13 +52,24 @@ def jax_search(queries: np.ndarray, database: np.ndarray, k: int, exclude_self: 
           np.concatenate(jax.device_get(indices))[:n].astype(np.int64))
 
 
-def _scann_builder(database: np.ndarray, k: int):
+def scann_searcher(database: np.ndarray, k: int, approximate: bool = False):
+  """A built ScaNN searcher over ``database`` [N, D] (dot product), for up to ``k``
+  neighbours: exact brute force, or (``approximate``, N ≥ 1000) tree partitioning over
+  √N leaves searching a fifth of them + anisotropic quantisation + exact re-ordering."""
   try:
     import scann
   except ImportError as e:  # pragma: no cover - scann is a declared dependency.
     raise ImportError("The ScaNN back-end needs `pip install scann` (Linux x86-64).") from e
-  return scann.scann_ops_pybind.builder(np.ascontiguousarray(database, np.float32), k,
-                                        "dot_product")
+  n = database.shape[0]
+  builder = scann.scann_ops_pybind.builder(np.ascontiguousarray(database, np.float32), k,
+                                           "dot_product")
+  if not approximate or n < 1000:  # Partitioning needs a large database.
+    return builder.score_brute_force(quantize=False).build()
+  num_leaves = max(1, int(round(math.sqrt(n))))
+  return (builder.tree(num_leaves=num_leaves, num_leaves_to_search=max(1, num_leaves // 5),
+                       training_sample_size=min(n, 250_000))
+          .score_ah(2, anisotropic_quantization_threshold=0.2)
+          .reorder(max(2 * k, 100)).build())
 
 
 def _drop_self(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,11 +82,11 @@ def _drop_self(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndar
           np.take_along_axis(indices, order, 1)[:, :k])
 
 
-def _scann_search(queries, database, k, exclude_self, searcher_fn):
+def _scann_search(queries, database, k, exclude_self, approximate):
   kk = k + 1 if exclude_self else k
   if kk > database.shape[0]:
     raise ValueError(f"k={k} exceeds the database size {database.shape[0]}.")
-  searcher = searcher_fn(_scann_builder(database, kk), database.shape[0], kk)
+  searcher = scann_searcher(database, kk, approximate)
   indices, scores = searcher.search_batched_parallel(
       np.ascontiguousarray(queries, np.float32), final_num_neighbors=kk)
   indices = indices.astype(np.int64)
@@ -87,25 +98,14 @@ def _scann_search(queries, database, k, exclude_self, searcher_fn):
 def scann_search(queries: np.ndarray, database: np.ndarray, k: int,
                  exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Exact kNN with ScaNN's brute-force scorer."""
-  return _scann_search(queries, database, k, exclude_self,
-                       lambda b, n, kk: b.score_brute_force(quantize=False).build())
+  return _scann_search(queries, database, k, exclude_self, approximate=False)
 
 
 def scann_ah_search(queries: np.ndarray, database: np.ndarray, k: int,
                     exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Approximate kNN: ScaNN tree partitioning + AH quantisation + exact re-ordering."""
-
-  def build(builder, n, kk):
-    num_leaves = max(1, int(round(math.sqrt(n))))
-    return (builder.tree(num_leaves=num_leaves,
-                         num_leaves_to_search=max(1, num_leaves // 5),
-                         training_sample_size=min(n, 250_000))
-            .score_ah(2, anisotropic_quantization_threshold=0.2)
-            .reorder(max(2 * kk, 100)).build())
-
-  if database.shape[0] < 1000:  # Partitioning needs a large database; fall back to exact.
-    return scann_search(queries, database, k, exclude_self)
-  return _scann_search(queries, database, k, exclude_self, build)
+  """Approximate kNN: ScaNN tree partitioning + AH quantisation + exact re-ordering
+  (exact below 1,000 database items)."""
+  return _scann_search(queries, database, k, exclude_self, approximate=True)
 
 
 SEARCH_BACKENDS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from idml_jax import config as config_lib
-from idml_jax import data, iaa
+from idml_jax import data, iaa, inference
 from idml_jax.train import figures, objective
 from idml_jax.train.checkpoint import Checkpoints
 from idml_jax.train.evaluate import embed_split, evaluate
@@ -77,6 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   state = replicate(mesh, state)
   steps = Steps(config, model, tx, mesh)
 
+  inference.write_run_file(workdir, config, num_classes)
   ckpts = Checkpoints(workdir)
   start = ckpts.latest_step()
   if start is not None:

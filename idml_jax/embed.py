@@ -1,0 +1,37 @@
+"""Embed a folder of images with a trained model.
+
+    python -m idml_jax.embed --workdir=runs/demo --images=photos/ --out=embeddings.npz
+
+Writes ``semantic`` [N, D] float32 (the retrieval embeddings, not normalised),
+``uncertainty_norm`` [N] (IDML's ‖u‖; 0 without an uncertainty head) and ``names`` [N]
+(paths relative to ``--images``). Then ``python -m idml_jax.search`` answers queries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (run.json + checkpoints).")
+_IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
+_OUT = flags.DEFINE_string("out", "embeddings.npz", "Output .npz file.")
+_LATEST = flags.DEFINE_bool("latest", False, "Use the latest checkpoint, not the best.")
+
+
+def main(argv):
+  del argv
+  from idml_jax import inference
+
+  logging.getLogger().setLevel(logging.INFO)
+  trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
+  emb = inference.embed_folder(trained, _IMAGES.value)
+  np.savez(_OUT.value, **emb)
+  print(f"{len(emb['names'])} images -> {_OUT.value} (semantic {emb['semantic'].shape}, "
+        f"checkpoint step {trained.step})")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "images"])
+  app.run(main)

@@ -1,0 +1,98 @@
+"""From a trained workdir to a retrieval service: restore, embed a folder, search it."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from test_train import tiny
+
+from idml_jax import data, inference, search
+from idml_jax.data import transforms
+from idml_jax.train import loop
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  loop.train_and_evaluate(tiny(method="idml", loss="proxy_anchor"), str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("images")
+  src = data.load_splits("digits")["test"]
+  for i in range(12):
+    sub = folder / f"class{src.labels[i]}"
+    sub.mkdir(exist_ok=True)
+    Image.fromarray(src.load(i)).save(sub / f"{i:02d}.png")
+  (folder / "notes.txt").write_text("not an image")
+  return folder
+
+
+def test_embed_folder_matches_the_model_applied_directly(trained_workdir, image_folder):
+  trained = inference.load(str(trained_workdir))
+  emb = inference.embed_folder(trained, str(image_folder))
+  names = sorted(os.path.relpath(os.path.join(r, f), image_folder)
+                 for r, _, fs in os.walk(image_folder) for f in fs if f.endswith(".png"))
+  assert list(emb["names"]) == names
+  cfg = trained.config
+  images = np.stack([transforms.eval_transform(
+      np.asarray(Image.open(image_folder / n).convert("RGB")), cfg.data.image_size,
+      cfg.data.resize_size) for n in names])
+  params = jax.device_get(trained.state.params["model"])
+  out = trained.steps.model.apply({"params": params,
+                                   "batch_stats": jax.device_get(trained.state.batch_stats)},
+                                  transforms.normalize(images, trained.steps.spec))
+  np.testing.assert_allclose(emb["semantic"], out["semantic"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(emb["uncertainty_norm"],
+                             np.linalg.norm(out["uncertainty"], axis=-1), rtol=1e-4)
+
+
+def test_load_names_the_fix():
+  with pytest.raises(FileNotFoundError, match="not a training workdir"):
+    inference.load("/nonexistent")
+  with pytest.raises(FileNotFoundError, match="No images"):
+    inference.image_files(ROOT + "/configs")
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gallery_index_equals_brute_force(approximate):
+  rng = np.random.default_rng(0)  # Clustered, as trained embeddings are.
+  centers = rng.standard_normal((50, 24))
+  gallery = centers[rng.integers(0, 50, 1500)] + 0.3 * rng.standard_normal((1500, 24))
+  queries = centers[rng.integers(0, 50, 30)] + 0.3 * rng.standard_normal((30, 24))
+  index = search.GalleryIndex(gallery, approximate=approximate, max_k=10)
+  scores, idx = index.search(queries, 5)
+  g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+  q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+  want = np.argsort(-(q @ g.T), axis=1)[:, :5]
+  if approximate:  # Recall of the true top-5.
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(idx, want, strict=True)]) > 0.9
+  else:
+    np.testing.assert_array_equal(idx, want)
+  np.testing.assert_allclose(scores[:, 0], np.sum(q * g[idx[:, 0]], axis=1), rtol=1e-5)
+  with pytest.raises(ValueError, match="must be in 1..10"):
+    index.search(queries, 11)
+
+
+def test_embed_and_search_commands(trained_workdir, image_folder, tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  out = tmp_path / "emb.npz"
+  subprocess.run([sys.executable, "-m", "idml_jax.embed", f"--workdir={trained_workdir}",
+                  f"--images={image_folder}", f"--out={out}"], check=True, env=env, cwd=ROOT,
+                 capture_output=True)
+  emb = np.load(out)
+  assert emb["semantic"].shape == (12, 16) and len(emb["names"]) == 12
+  result = subprocess.run([sys.executable, "-m", "idml_jax.search", f"--gallery={out}", "--k=3",
+                           f"--out={tmp_path / 'nn.json'}"], check=True, env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+  first = result.stdout.splitlines()[0]
+  assert first.startswith(str(emb["names"][0]) + " -> ") and first.count("(") == 3
+  assert str(emb["names"][0]) not in first.split("->")[1]  # Its own entry is left out.
