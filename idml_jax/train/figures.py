@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # No pyplot: no global backend change, thread-safe.
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from idml_jax.data.transforms import eval_transform  # noqa: E402
-from idml_jax.evaluation import knn  # noqa: E402
-from idml_jax.evaluation.retrieval import l2_normalize_np  # noqa: E402
+from idml_jax.data.transforms import eval_transform
+from idml_jax.evaluation import knn
+from idml_jax.evaluation.retrieval import l2_normalize_np
 
 
 def training_curves(workdir: str) -> str:
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  fig = Figure(figsize=(10, 3.5))
+  axes = fig.subplots(1, 2)
   for ax, key, title in ((axes[0], "train/loss", "training loss"),
                          (axes[1], "eval/recall@1", "test Recall@1")):
     pts = [(r["step"], r[key]) for r in rows if key in r]
@@ -30,7 +28,6 @@ def training_curves(workdir: str) -> str:
   path = os.path.join(workdir, "training_curves.png")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -40,7 +37,8 @@ def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int
   x = l2_normalize_np(emb["semantic"])
   queries = np.linspace(0, len(x) - 1, num_queries).astype(int)
   _, nbr = knn.jax_search(x[queries], x, k + 1)
-  fig, axes = plt.subplots(num_queries, k + 1, figsize=(1.6 * (k + 1), 1.6 * num_queries))
+  fig = Figure(figsize=(1.6 * (k + 1), 1.6 * num_queries))
+  axes = fig.subplots(num_queries, k + 1)
   load = lambda i: eval_transform(source.load(int(emb["index"][i])), size, size)
   for r, q in enumerate(queries):
     row = [q] + [j for j in nbr[r] if j != q][:k]
@@ -58,7 +56,6 @@ def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int
   path = os.path.join(workdir, "retrieval_grid.png")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -71,7 +68,8 @@ def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
   edges = np.quantile(u, np.linspace(0, 1, bins + 1))
   which = np.clip(np.searchsorted(edges, u, side="right") - 1, 0, bins - 1)
   rate = [fail[which == b].mean() if np.any(which == b) else np.nan for b in range(bins)]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  fig = Figure(figsize=(10, 3.5))
+  axes = fig.subplots(1, 2)
   axes[0].hist(u, bins=30)
   axes[0].set_title("uncertainty ||u|| of test images")
   axes[1].bar(range(bins), rate)
@@ -80,5 +78,4 @@ def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
   path = os.path.join(workdir, "uncertainty_vs_error.png")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
