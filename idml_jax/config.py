@@ -15,12 +15,15 @@ from idml_jax.evaluation import RETRIEVAL_BACKENDS
 from idml_jax.models import BACKBONES
 
 METHODS = ("baseline", "idml", "iaa", "idml+iaa")
+TASKS = ("retrieval", "classification")
+CLASSIFICATION_METHODS = ("baseline", "idml")  # Plain logits | ISM logits (§1.4).
 
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.method = "idml"  # One of METHODS.
+  c.task = "retrieval"  # retrieval (the papers' DML) | classification (IDML §1.4)
+  c.method = "idml"  # One of METHODS (classification: baseline | idml).
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "proxy_anchor"
   c.loss.kwargs = ml_collections.ConfigDict()  # e.g. margin, alpha for proxy_anchor.
@@ -41,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.resize_size = 256
   c.data.sampler = "balanced"  # balanced (P×K) | random
+  c.data.augment = "random_resized_crop"  # | pad_crop (CIFAR: pad 4, random 32 crop, flip)
   c.data.images_per_class = 4
   c.data.num_threads = 8
   c.data.worker_count = 0
@@ -50,7 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.max_steps_per_epoch = 0  # 0: len(train) // batch_size; IAA caps it at 300.
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"  # adamw (decoupled decay) | adam (L2 in the gradient, as torch)
+  c.optimizer.name = "adamw"  # adamw (decoupled) | adam, sgd (L2 in the gradient, as torch)
+  c.optimizer.momentum = 0.9  # sgd
+  c.optimizer.nesterov = False  # sgd
   c.optimizer.lr = 6e-4  # Backbone learning rate.
   c.optimizer.weight_decay = 1e-4
   c.optimizer.head_lr_mult = 1.0  # Embedding heads.
@@ -79,6 +85,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.iaa.beta = 0.1
   c.iaa.tau = 40.0
   c.iaa.gamma = 0.1
+
+  c.classification = ml_collections.ConfigDict()  # task="classification" only.
+  c.classification.mixing = "none"  # none | mixup | cutmix
+  c.classification.alpha = 1.0  # lam ~ Beta(alpha, alpha)
+  c.classification.cutmix_prob = 1.0  # CutMix applied to a batch with this probability.
+  c.classification.a = 0.0  # ISM logits (§1.4): a = 0, b = 5.
+  c.classification.b = 5.0
+  c.classification.uncertainty_dim = 512
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1
@@ -115,6 +129,7 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
+    "task": TASKS,
     "method": METHODS,
     "loss.name": tuple(sorted(losses.ALL_LOSSES)),
     "model.backbone": tuple(sorted(BACKBONES)),
@@ -123,7 +138,9 @@ _CHOICES = {
     "model.pooling": ("avg+max", "avg", "max"),
     "data.source": SOURCES,
     "data.sampler": ("balanced", "random"),
-    "optimizer.name": ("adamw", "adam"),
+    "data.augment": ("random_resized_crop", "pad_crop"),
+    "optimizer.name": ("adamw", "adam", "sgd"),
+    "classification.mixing": ("none", "mixup", "cutmix"),
     "optimizer.schedule": ("step", "multistep"),
     "iaa.correction": ("auto", "on", "off"),
     "eval.backend": RETRIEVAL_BACKENDS,
@@ -154,7 +171,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   positive = ("batch_size", "num_epochs", "model.embedding_dim", "data.image_size",
               "optimizer.lr", "eval.batch_size", "data.images_per_class", "iaa.update_every")
   errors += [f"{k} must be > 0; got {got[k]}" for k in positive if k in got and not got[k] > 0]
-  if got.get("method") in ("iaa", "idml+iaa") and got.get("loss.name") in losses.PROXY_LOSSES:
+  classify = got.get("task") == "classification"
+  if classify and got.get("method") not in CLASSIFICATION_METHODS:
+    errors.append(f"task='classification' trains method baseline (plain logits) or idml (ISM "
+                  f"logits); got method={got.get('method')!r}")
+  if classify and got.get("data.sampler") == "balanced":
+    errors.append("task='classification' samples uniformly: set data.sampler='random'")
+  if not classify and got.get("classification.mixing", "none") != "none":
+    errors.append("classification.mixing applies to task='classification' (retrieval IDML "
+                  "uses idml.mixup)")
+  if not classify and got.get("method") in ("iaa", "idml+iaa") and \
+      got.get("loss.name") in losses.PROXY_LOSSES:
     errors.append(f"method {got['method']!r} synthesises samples for pair losses; loss.name "
                   f"must be one of {sorted(losses.PAIR_LOSSES)}")
   if got.get("data.sampler") == "balanced" and got.get("batch_size", 0) % max(
@@ -164,9 +191,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if got.get("data.source") == "folder" and not got.get("data.data_dir"):
     errors.append("data.source='folder' needs the folder holding the dataset: add "
                   "--config.data.data_dir=/path/to/datasets")
-  if got.get("model.train_bn"):
-    errors.append("model.train_bn=True: the training loop keeps BatchNorm frozen (both papers "
-                  "do); training BN statistics is not implemented yet")
   if got.get("data.source") == "tfds" and got.get("data.name") == "inshop":
     errors.append("In-Shop has no TFDS builder: use data.source='folder'")
   if errors:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from idml_jax.data import demo, folders, specs
+from idml_jax.data import demo, folders, specs, transforms
 from idml_jax.data.pipeline import SkipCounter, eval_batches, train_batches
 from idml_jax.data.samplers import ClassBalancedSampler, RandomSampler
 
@@ -14,7 +14,9 @@ def load_splits(name: str, source: str = "demo", data_dir: str | None = None) ->
 
   Args:
     name: for ``demo``: ``patches`` or ``digits``; for ``folder``: ``cub``, ``cars``,
-      ``sop``, ``inshop`` or ``image_folder``; for ``tfds``: ``cub``, ``cars``, ``sop``.
+      ``sop``, ``inshop`` or ``image_folder``; for ``tfds``: ``cub``, ``cars``, ``sop``, and
+      for classification ``cifar10``, ``cifar100``, ``imagenet`` (demo:
+      ``patches_classification``, ``digits_classification``).
     source: ``demo``, ``folder`` or ``tfds``.
     data_dir: the folder holding the dataset (folder), or the TFDS data dir.
   """
@@ -27,10 +29,12 @@ def load_splits(name: str, source: str = "demo", data_dir: str | None = None) ->
       raise ValueError(f"config.data.data_dir must name the folder holding {name!r}.")
     return folders.load_folder(name, data_dir)
   if source == "tfds":
-    from idml_jax.data.tfds_source import load_tfds
+    from idml_jax.data.tfds_source import load_tfds, load_tfds_classification
+    if name in specs.CLASSIFICATION:
+      return load_tfds_classification(name, data_dir)
     return load_tfds(name, data_dir)
   raise ValueError(f"Unknown data source {source!r}; valid: {SOURCES}.")
 
 
 __all__ = ["SOURCES", "ClassBalancedSampler", "RandomSampler", "SkipCounter", "eval_batches",
-           "load_splits", "specs", "train_batches"]
+           "load_splits", "specs", "train_batches", "transforms"]

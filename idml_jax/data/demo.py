@@ -6,6 +6,10 @@
   photographs train, the rest test.
 * ``digits``: scikit-learn's ``load_digits`` (8×8, upsampled); classes 0–4 train,
   5–9 test. The fastest smoke set.
+
+For image classification (``task="classification"``) the same images are split *within*
+classes instead (every 4th image tests): ``patches_classification`` (20 classes, colour, a
+CIFAR-sized task) and ``digits_classification`` (10 classes).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ def _rgb(img: np.ndarray) -> np.ndarray:
 
 
 def patches(size: int = 64, crops_per_class: int = 40, num_train_classes: int = 10,
-            seed: int = 0) -> dict[str, ArraySource]:
-  """Patch-identity retrieval from scikit-image's bundled photographs."""
+            seed: int = 0, within_classes: bool = False) -> dict[str, ArraySource]:
+  """Patch-identity retrieval (or, ``within_classes``, classification) from scikit-image's
+  bundled photographs."""
   import skimage.data
   rng = np.random.default_rng(seed)
   images, labels, names = [], [], []
@@ -48,23 +53,34 @@ def patches(size: int = 64, crops_per_class: int = 40, num_train_classes: int = 
       labels.append(c)
       names.append(f"{name}#{i}")
   images, labels = np.stack(images), np.asarray(labels)
-  train = labels < num_train_classes
+  train = _split_within(labels) if within_classes else labels < num_train_classes
   pick = lambda m: ArraySource(images[m], labels[m],
                                [n for n, k in zip(names, m, strict=True) if k])
   return {"train": pick(train), "test": pick(~train)}
 
 
-def digits(size: int = 32) -> dict[str, ArraySource]:
-  """scikit-learn's handwritten digits; classes 0–4 train, 5–9 test."""
+def _split_within(labels: np.ndarray, test_every: int = 4) -> np.ndarray:
+  """Train mask: every ``test_every``-th image of each class tests, the others train."""
+  train = np.ones(len(labels), bool)
+  for c in np.unique(labels):
+    train[np.flatnonzero(labels == c)[::test_every]] = False
+  return train
+
+
+def digits(size: int = 32, within_classes: bool = False) -> dict[str, ArraySource]:
+  """scikit-learn's handwritten digits; classes 0–4 train, 5–9 test (or, ``within_classes``,
+  all 10 classes in both)."""
   from sklearn.datasets import load_digits
   d = load_digits()
   small = (d.images * (255.0 / 16.0)).astype(np.uint8)
   images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
                      for im in small])
   images = np.repeat(images[..., None], 3, axis=-1)
-  train = d.target < 5
+  train = _split_within(d.target) if within_classes else d.target < 5
   return {"train": ArraySource(images[train], d.target[train]),
           "test": ArraySource(images[~train], d.target[~train])}
 
 
-DEMOS = {"patches": patches, "digits": digits}
+DEMOS = {"patches": patches, "digits": digits,
+         "patches_classification": lambda: patches(32, 60, within_classes=True),
+         "digits_classification": lambda: digits(within_classes=True)}

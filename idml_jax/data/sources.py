@@ -63,10 +63,11 @@ class TfdsSource:
   Images are read as encoded bytes (``SkipDecoding``) and decoded by Pillow.
   """
 
-  def __init__(self, data_source, indices: np.ndarray, labels: np.ndarray, image_key: str):
+  def __init__(self, data_source, indices: np.ndarray, labels: np.ndarray, image_key: str,
+               renumber: bool = True):
     self.data_source = data_source
     self.indices = np.asarray(indices)
-    self.labels = relabel(labels)
+    self.labels = relabel(labels) if renumber else np.asarray(labels, np.int32)
     self.image_key = image_key
     self.names = [f"record {i}" for i in self.indices]
 

@@ -72,6 +72,43 @@ SPECS: dict[str, DatasetSpec] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassificationSpec:
+  """An image-classification dataset (IDML §1.4): the same classes train and test.
+
+  Attributes:
+    tfds_splits: ``{"train": ..., "test": ...}`` TFDS split names.
+  """
+
+  name: str
+  tfds_name: str
+  tfds_splits: dict[str, str]
+  counts: dict[str, SplitCounts]
+  how_to_get: str
+
+
+_IMAGENET_MANUAL = (
+    "TFDS cannot download ImageNet: get ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+    "from https://image-net.org/download-images, put them in <data_dir>/downloads/manual/ "
+    "(or pass --manual_dir), then run `python -m idml_jax.data.prepare imagenet "
+    "--data_dir=<data_dir>`")
+
+CLASSIFICATION: dict[str, ClassificationSpec] = {
+    "cifar10": ClassificationSpec(
+        "cifar10", "cifar10", {"train": "train", "test": "test"},
+        {"train": SplitCounts(50000, 10), "test": SplitCounts(10000, 10)},
+        "TFDS downloads it: `python -m idml_jax.data.prepare cifar10 --data_dir=<data_dir>`"),
+    "cifar100": ClassificationSpec(
+        "cifar100", "cifar100", {"train": "train", "test": "test"},
+        {"train": SplitCounts(50000, 100), "test": SplitCounts(10000, 100)},
+        "TFDS downloads it: `python -m idml_jax.data.prepare cifar100 --data_dir=<data_dir>`"),
+    "imagenet": ClassificationSpec(
+        "imagenet", "imagenet2012", {"train": "train", "test": "validation"},
+        {"train": SplitCounts(1281167, 1000), "test": SplitCounts(50000, 1000)},
+        _IMAGENET_MANUAL),
+}
+
+
 def get_spec(name: str) -> DatasetSpec:
   try:
     return SPECS[name]
@@ -81,7 +118,7 @@ def get_spec(name: str) -> DatasetSpec:
 
 def check_counts(name: str, split: str, labels: np.ndarray) -> bool:
   """Warns (naming both numbers) if a split's image or class count differs from the spec."""
-  spec = SPECS.get(name)
+  spec = SPECS.get(name) or CLASSIFICATION.get(name)
   if spec is None or split not in spec.counts:
     return True
   want = spec.counts[split]

@@ -30,6 +30,42 @@ def _labels(ds, label_key: str, cache: str | None) -> np.ndarray:
   return labels
 
 
+def _open(builder: str, split: str, data_dir: str | None, image_key: str, name: str,
+          how_to_get: str):
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.data_source(builder, split=split, data_dir=data_dir, download=False,
+                            decoders={image_key: tfds.decode.SkipDecoding()})
+  except Exception as e:  # Not prepared (AssertionError / DatasetNotFoundError / ...).
+    raise FileNotFoundError(
+        f"TFDS dataset {builder!r} ({split}) is not prepared in "
+        f"{data_dir or '~/tensorflow_datasets'}: run `python -m idml_jax.data.prepare "
+        f"{name} --data_dir=DIR [--manual_dir=ARCHIVES]` (needs `pip install -e .[tf]`), "
+        f"or use the folder layout. Where the data comes from: {how_to_get}. "
+        f"Original error: {e}") from e
+
+
+def _label_cache(ds, split: str) -> str | None:
+  path = getattr(getattr(ds, "dataset_info", None), "data_dir", None)
+  return os.path.join(path, f"labels-{split.replace('+', '_')}.npy") if path else None
+
+
+def load_tfds_classification(name: str, data_dir: str | None = None, *,
+                             tfds_name: str | None = None,
+                             image_key: str = "image") -> dict[str, TfdsSource]:
+  """``{"train", "test"}`` of a classification dataset (``cifar10``, ``cifar100``,
+  ``imagenet``), labels as TFDS numbers them."""
+  spec = specs.CLASSIFICATION[name]
+  out = {}
+  for split, tfds_split in spec.tfds_splits.items():
+    ds = _open(tfds_name or spec.tfds_name, tfds_split, data_dir, image_key, name,
+               spec.how_to_get)
+    labels = _labels(ds, "label", _label_cache(ds, tfds_split))
+    out[split] = TfdsSource(ds, np.arange(len(labels)), labels, image_key, renumber=False)
+    specs.check_counts(name, split, labels)
+  return out
+
+
 def load_tfds(name: str, data_dir: str | None = None, *, tfds_name: str | None = None,
               image_key: str = "image") -> dict[str, TfdsSource]:
   """``{split: TfdsSource}`` for dataset ``name`` (``cub``, ``cars``, ``sop``).
@@ -38,7 +74,6 @@ def load_tfds(name: str, data_dir: str | None = None, *, tfds_name: str | None =
     data_dir: TFDS data dir (default: TFDS's, ``~/tensorflow_datasets``).
     tfds_name: override the builder name (tests, or a renamed copy).
   """
-  import tensorflow_datasets as tfds
   spec = specs.get_spec(name)
   builder = tfds_name or spec.tfds_name
   if builder is None:
@@ -47,19 +82,8 @@ def load_tfds(name: str, data_dir: str | None = None, *, tfds_name: str | None =
   out, cache = {}, {}
   for split, tfds_split in spec.tfds_splits.items():
     if tfds_split not in cache:
-      try:
-        ds = tfds.data_source(builder, split=tfds_split, data_dir=data_dir, download=False,
-                              decoders={image_key: tfds.decode.SkipDecoding()})
-      except Exception as e:  # Not prepared (AssertionError / DatasetNotFoundError / ...).
-        raise FileNotFoundError(
-            f"TFDS dataset {builder!r} ({tfds_split}) is not prepared in "
-            f"{data_dir or '~/tensorflow_datasets'}: run `python -m idml_jax.data.prepare "
-            f"{name} --data_dir=DIR [--manual_dir=ARCHIVES]` (needs `pip install -e .[tf]`), "
-            f"or use the folder layout. Original error: {e}") from e
-      path = getattr(getattr(ds, "dataset_info", None), "data_dir", None)
-      safe = tfds_split.replace("+", "_")
-      labels_cache = os.path.join(path, f"labels-{safe}.npy") if path else None
-      cache[tfds_split] = (ds, _labels(ds, spec.tfds_label_key, labels_cache))
+      ds = _open(builder, tfds_split, data_dir, image_key, name, spec.how_to_get)
+      cache[tfds_split] = (ds, _labels(ds, spec.tfds_label_key, _label_cache(ds, tfds_split)))
     ds, labels = cache[tfds_split]
     if spec.num_train_classes is None:
       idx = np.arange(len(labels))

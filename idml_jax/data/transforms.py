@@ -1,7 +1,8 @@
 """The papers' image transforms (host side, NumPy/Pillow) and on-device normalisation.
 
 Train: random-resized-crop (scale 0.08–1, ratio 3/4–4/3, as torchvision) to ``size``
-+ horizontal flip. Test: resize the shorter side to ``resize`` (256) + center crop
++ horizontal flip; for CIFAR, :func:`pad_crop_flip` (zero-pad 4, random ``size`` crop, flip).
+Test: resize the shorter side to ``resize`` (256) + center crop
 ``size`` (224). Host transforms return uint8 [size, size, 3]; :func:`normalize` runs on
 device inside the jitted step (4× less host→device traffic than float32).
 """
@@ -47,6 +48,21 @@ def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator,
 def train_transform(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
   out = random_resized_crop(img, size, rng)
   return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def pad_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator,
+                  pad: int = 4) -> np.ndarray:
+  """CIFAR's augmentation: resize to ``size`` if needed, zero-pad ``pad`` pixels, take a
+  random ``size`` × ``size`` crop, flip horizontally with probability 1/2."""
+  if img.shape[:2] != (size, size):
+    img = _resize(img, size, size)
+  padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))
+  top, left = rng.integers(0, 2 * pad + 1, size=2)
+  out = padded[top:top + size, left:left + size]
+  return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+TRAIN_TRANSFORMS = {"random_resized_crop": train_transform, "pad_crop": pad_crop_flip}
 
 
 def eval_transform(img: np.ndarray, size: int, resize: int) -> np.ndarray:

@@ -51,6 +51,14 @@ BACKBONES: dict[str, Backbone] = {
                          "torchvision resnet50-0676ba61.pth (IMAGENET1K_V1, official IDML)"),
     "resnet101": Backbone(functools.partial(resnet, "resnet101"), IMAGENET,
                           "torchvision resnet101-63fe2227.pth"),
+    # CIFAR stems (3×3/1 conv, no max pool) for 32 px classification; trained from scratch.
+    "resnet18_cifar": Backbone(functools.partial(resnet, "resnet18", small_images=True),
+                               IMAGENET, "none (CIFAR, from scratch)"),
+    "resnet50_cifar": Backbone(functools.partial(resnet, "resnet50", small_images=True),
+                               IMAGENET, "none (CIFAR, from scratch)"),
+    "resnet_tiny_cifar": Backbone(
+        functools.partial(resnet, "resnet_tiny", width=8, small_images=True), IMAGENET,
+        "none (tests and demos)"),
     "bn_inception": Backbone(BNInception, CAFFE_BGR, "Cadene bn_inception-52deb4733.pth"),
     "googlenet": Backbone(GoogLeNet, IMAGENET, "torchvision googlenet-1378be20.pth"),
 }

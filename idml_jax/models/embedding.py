@@ -5,8 +5,8 @@
 are initialised Kaiming-normal (fan-out), biases 0. Non-IDML methods (plain IAA,
 baselines) build it with ``uncertainty=False``.
 
-``ClassifierModel``: backbone -> GAP -> h; logits ``z = h W`` and an uncertainty branch
-``relu(W_u h)``; returns plain and introspective logits.
+``ClassifierModel``: backbone -> GAP -> h; logits ``z = h W`` and, for ISM, an uncertainty
+branch ``relu(W_u h)``; returns plain and introspective logits.
 """
 
 from __future__ import annotations
@@ -55,14 +55,17 @@ class EmbeddingModel(nn.Module):
 
 
 class ClassifierModel(nn.Module):
-  """Images -> {"features": h, "logits": z, "introspective_logits": zI, "uncertainty": u}.
+  """Images [B, H, W, 3] -> {"features": h [B, F], "logits": z [B, C]} and, with
+  ``uncertainty``, {"introspective_logits": zI [B, C], "uncertainty": u [B, U]}.
 
   ``z_c = w_c · h`` (no bias, the classifier's columns act as proxies), ``u = relu(W_u h)``,
-  ``zI`` the ISM of §1.4 with ``a``, ``b``; train on ``zI``, test on ``z``.
+  ``zI`` the ISM of §1.4 with ``a``, ``b``; train on ``zI``, test on ``z``. The baseline
+  (``uncertainty=False``) is the same linear classifier without the branch.
   """
 
   backbone: nn.Module
   num_classes: int
+  uncertainty: bool = True
   uncertainty_dim: int = 512
   a: float = 0.0
   b: float = 5.0
@@ -72,6 +75,8 @@ class ClassifierModel(nn.Module):
     h = pool_features(self.backbone(images), "avg").astype(jnp.float32)
     kernel = self.param("classifier", nn.initializers.lecun_normal(),
                         (h.shape[-1], self.num_classes))
+    if not self.uncertainty:
+      return {"features": h, "logits": h @ kernel}
     u = nn.relu(nn.Dense(self.uncertainty_dim, kernel_init=HEAD_INIT, name="uncertainty")(h))
     logits, intro = similarity.introspective_logits(h, kernel, u, self.a, self.b)
     return {"features": h, "logits": logits, "introspective_logits": intro, "uncertainty": u}

@@ -74,6 +74,7 @@ class ResNet(nn.Module):
   train_bn: bool = False
   dtype: jnp.dtype = jnp.float32
   width: int = 64  # 64 in every torchvision ResNet; smaller only for tests and demos.
+  small_images: bool = False  # CIFAR stem: one 3×3/1 conv, no max pool (32 px inputs).
 
   @property
   def num_features(self) -> int:
@@ -81,9 +82,11 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = conv(self.width, 7, 2, 3, name="conv1", dtype=self.dtype)(x.astype(self.dtype))
+    kernel, stride = (3, 1) if self.small_images else (7, 2)
+    x = conv(self.width, kernel, stride, name="conv1", dtype=self.dtype)(x.astype(self.dtype))
     x = nn.relu(batch_norm(self.train_bn, name="bn1", dtype=self.dtype)(x))
-    x = max_pool(x, 3, 2, 1)
+    if not self.small_images:
+      x = max_pool(x, 3, 2, 1)
     in_planes = self.width
     for stage, num_blocks in enumerate(self.stage_sizes):
       planes = self.width * 2**stage

@@ -17,26 +17,25 @@ from idml_jax.train.steps import Steps, to_global
 
 
 def embed_split(steps: Steps, state, source) -> dict[str, np.ndarray]:
-  """Embeds every image of ``source``: ``semantic`` [N, D], ``uncertainty_norm`` [N],
-  ``labels`` [N], ``index`` [N] (unreadable images dropped)."""
+  """Embeds every image of ``source``: ``semantic`` [N, D] (classification: ``logits``
+  [N, C]), ``uncertainty_norm`` [N], ``labels`` [N], ``index`` [N] (unreadable images
+  dropped)."""
   cfg = steps.config
-  sem, unc, idx = [], [], []
+  outs, idx = [], []
   for local in eval_batches(source, batch_size=cfg.eval.batch_size,
                             image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(),
                             num_threads=cfg.data.num_threads):
-    s, u = steps.embed(state, to_global(steps.mesh, {"image": local["image"]})["image"])
-    sem.append(np.asarray(s))
-    unc.append(np.asarray(u))
+    out = steps.embed(state, to_global(steps.mesh, {"image": local["image"]})["image"])
+    outs.append(jax.device_get(out))
     # Global rows are the processes' local rows in process order.
     idx.append(np.asarray(process_allgather(np.where(local["mask"], local["index"], -1),
                                             tiled=True)))
-  sem, unc, idx = np.concatenate(sem), np.concatenate(unc), np.concatenate(idx)
+  idx = np.concatenate(idx)
   keep = idx >= 0
-  idx = idx[keep]
-  return {"semantic": sem[keep], "uncertainty_norm": unc[keep],
-          "labels": source.labels[idx], "index": idx}
+  out = {k: np.concatenate([o[k] for o in outs])[keep] for k in outs[0]}
+  return {**out, "labels": source.labels[idx[keep]], "index": idx[keep]}
 
 
 def uncertainty_report(uncertainty_norm: np.ndarray, first_hit_rank: np.ndarray) -> dict:
@@ -48,9 +47,24 @@ def uncertainty_report(uncertainty_norm: np.ndarray, first_hit_rank: np.ndarray)
   return out
 
 
+def classification_metrics(logits: np.ndarray, labels: np.ndarray,
+                           ks: tuple[int, ...] = (1, 5)) -> tuple[dict, np.ndarray]:
+  """Top-k accuracies of logits [N, C]; also the rank of the true class per image [N]."""
+  true = np.take_along_axis(logits, labels[:, None], axis=1)
+  rank = np.sum(logits > true, axis=1)  # Ties count in the label's favour.
+  return {f"top{k}": float(np.mean(rank < k)) for k in ks if k <= logits.shape[1]}, rank
+
+
 def evaluate(steps: Steps, state, splits: dict) -> tuple[dict, dict]:
   """Metrics on the test split (or In-Shop's query→gallery). Returns (metrics, embeddings)."""
   cfg = steps.config
+  if cfg.task == "classification":
+    emb = embed_split(steps, state, splits["test"])
+    metrics, ranks = classification_metrics(emb["logits"], emb["labels"])
+    if cfg.method == "idml":
+      metrics.update(uncertainty_report(emb["uncertainty_norm"], ranks))
+    emb["first_hit_rank"] = ranks
+    return metrics, emb
   ks = tuple(cfg.eval.ks)
   if "query" in splits:
     q, g = embed_split(steps, state, splits["query"]), embed_split(steps, state, splits["gallery"])

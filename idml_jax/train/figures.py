@@ -13,12 +13,13 @@ from idml_jax.evaluation import knn
 from idml_jax.evaluation.retrieval import l2_normalize_np
 
 
-def training_curves(workdir: str) -> str:
+def training_curves(workdir: str, metric: str = "recall@1") -> str:
+  """Training loss and the test ``metric`` (``recall@1``, ``top1``) against the step."""
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   fig = Figure(figsize=(10, 3.5))
   axes = fig.subplots(1, 2)
   for ax, key, title in ((axes[0], "train/loss", "training loss"),
-                         (axes[1], "eval/recall@1", "test Recall@1")):
+                         (axes[1], f"eval/{metric}", f"test {metric}")):
     pts = [(r["step"], r[key]) for r in rows if key in r]
     if pts:
       ax.plot(*zip(*pts, strict=True), marker="o" if key.startswith("eval") else None)
@@ -60,7 +61,7 @@ def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int
 
 
 def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
-  """Recall@1 failure rate per uncertainty quantile bin (IDML methods only)."""
+  """Recall@1 (classification: top-1) failure rate per uncertainty quantile bin (IDML only)."""
   u = emb["uncertainty_norm"]
   if not np.any(u):
     return None
@@ -74,7 +75,7 @@ def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
   axes[0].set_title("uncertainty ||u|| of test images")
   axes[1].bar(range(bins), rate)
   axes[1].set_xticks(range(bins), [f"Q{b + 1}" for b in range(bins)])
-  axes[1].set_title("Recall@1 failure rate by uncertainty quantile")
+  axes[1].set_title("error rate (R@1 / top-1) by uncertainty quantile")
   path = os.path.join(workdir, "uncertainty_vs_error.png")
   fig.tight_layout()
   fig.savefig(path, dpi=100)

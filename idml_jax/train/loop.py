@@ -72,7 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                      ("eval.batch_size", config.eval.batch_size)):
     if value % mesh.size:
       raise ValueError(f"{key}={value} must be a multiple of the {mesh.size} devices.")
-  model = make_model(config)
+  model = make_model(config, num_classes)
   state, tx = create(config, model, num_classes, steps_per_epoch)
   state = replicate(mesh, state)
   steps = Steps(config, model, tx, mesh)
@@ -88,8 +88,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   progress = Progress(total_steps, config.batch_size, config.log_every_steps)
   skipped = data.SkipCounter()
   best = _read_best(workdir)
-  logging.info("%s | %s on %s | %d classes, %d images | %d epochs × %d steps | %d devices",
-               config.method, config.loss.name, config.data.name, num_classes,
+  what = (f"classification ({config.method}, mixing {config.classification.mixing})"
+          if config.task == "classification" else f"{config.method} | {config.loss.name}")
+  logging.info("%s on %s | %d classes, %d images | %d epochs × %d steps | %d devices",
+               what, config.data.name, num_classes,
                len(train_source), config.num_epochs, steps_per_epoch, mesh.size)
 
   local = config.batch_size // jax.process_count()
@@ -100,8 +102,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       train_source, sampler, image_size=config.data.image_size, seed=config.seed,
       start_step=start, num_steps=total_steps - start, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads,
-      worker_count=config.data.worker_count, skipped=skipped)
+      worker_count=config.data.worker_count, skipped=skipped,
+      transform=data.transforms.TRAIN_TRANSFORMS[config.data.augment])
   metrics, untrained, last_eval = {}, None, None
+  key = primary_metric(config)  # Picks the best checkpoint.
   if config.eval.at_start and start == 0:
     untrained, _ = evaluate(steps, state, splits)
     writer.write(0, untrained, "eval/")
@@ -135,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           writer.write(done, metrics_eval, "eval/")
           logging.info("epoch %d: %s", ep, " ".join(f"{k}={v:.4f}" for k, v in
                                                     metrics_eval.items()))
-          if best is None or metrics_eval["recall@1"] > best["recall@1"]:
+          if best is None or metrics_eval[key] > best[key]:
             best = {"epoch": ep, **metrics_eval}
             ckpts.save_best(state, done, best)
         if ep % config.checkpoint_every_epochs == 0 or done == total_steps:
@@ -149,6 +153,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     writer.close()
   return _finish(config, workdir, steps, state, splits, best, untrained, last_eval, total_steps,
                  start, time.perf_counter() - t_start, ckpts)
+
+
+def primary_metric(config: ml_collections.ConfigDict) -> str:
+  return "top1" if config.task == "classification" else "recall@1"
 
 
 def _finite_scalars(metrics: dict, step: int, ckpts: Checkpoints) -> dict[str, float]:
@@ -177,8 +185,9 @@ def _finish(config, workdir, steps, state, splits, best, untrained, last_eval, t
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=1, default=str)
-    figures.training_curves(workdir)
-    figures.retrieval_grid(workdir, emb, splits.get("query", splits.get("test")))
+    figures.training_curves(workdir, primary_metric(config))
+    if "semantic" in emb:
+      figures.retrieval_grid(workdir, emb, splits.get("query", splits.get("test")))
     figures.uncertainty_vs_error(workdir, emb)
   logging.info("Done. Final: %s", " ".join(f"{k}={v:.4f}" for k, v in final.items()))
   return results
@@ -190,7 +199,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str, best: bool = 
   splits = data.load_splits(config.data.name, config.data.source, config.data.data_dir or None)
   num_classes = int(splits["train"].labels.max()) + 1
   mesh = make_mesh()
-  model = make_model(config)
+  model = make_model(config, num_classes)
   ckpts = Checkpoints(workdir)
   if (ckpts.best if best else ckpts.latest).latest_step() is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}; train first (--mode=train).")

@@ -8,6 +8,12 @@
 * ``idml+iaa``: both; synthetic samples inherit their source's uncertainty embedding
   and the boosted pair loss runs on the ISM. Synthesis boosts the clean pass; the
   Mixup passes use the plain ISM pair loss.
+
+``task="classification"`` (§1.4): label-mixed cross-entropy (Mixup / CutMix / none) on the
+introspective logits (``idml``) or the plain logits (``baseline``).
+
+With ``model.train_bn`` the model outputs carry the updated ``batch_stats`` (of the clean
+pass); they come back in ``aux``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from idml_jax import iaa, losses, similarity
+from idml_jax import iaa, losses, mixing, similarity
 
 
 def uses_idml(method: str) -> bool:
@@ -60,6 +66,8 @@ def total_loss(config: ml_collections.ConfigDict, apply_fn, params, images: jax.
                labels: jax.Array, key: jax.Array, stats: iaa.ClassStats | None,
                strength: jax.Array, synthesize: bool) -> tuple[jax.Array, dict]:
   """The method's loss for one batch of normalised images [B, H, W, 3]."""
+  if config.task == "classification":
+    return classification_loss(config, apply_fn, params, images, labels, key)
   k_syn, k_lam, k_perm = jax.random.split(key, 3)
   out = apply_fn(params["model"], images)
   proxies = params.get("proxies")
@@ -69,7 +77,7 @@ def total_loss(config: ml_collections.ConfigDict, apply_fn, params, images: jax.
     z_syn, y_syn = iaa.synthesize(k_syn, out["semantic"], labels, stats, strength, m)
     synthetic = (z_syn, y_syn, m)
   loss = loss_on_embeddings(config, out, labels, proxies, synthetic)
-  aux = {"loss_clean": loss}
+  aux = {"loss_clean": loss, **_batch_stats(out)}
   if uses_idml(config.method):
     aux["uncertainty_norm"] = jnp.mean(jnp.linalg.norm(out["uncertainty"], axis=-1))
     if config.idml.mixup:
@@ -78,4 +86,32 @@ def total_loss(config: ml_collections.ConfigDict, apply_fn, params, images: jax.
       mixed = apply_fn(params["model"], lam * images + (1 - lam) * images[perm])
       loss = (loss + lam * loss_on_embeddings(config, mixed, labels, proxies)
               + (1 - lam) * loss_on_embeddings(config, mixed, labels[perm], proxies))
+  return loss, aux
+
+
+def _batch_stats(out: dict) -> dict:
+  return {"batch_stats": out["batch_stats"]} if "batch_stats" in out else {}
+
+
+def classification_loss(config: ml_collections.ConfigDict, apply_fn, params, images: jax.Array,
+                        labels: jax.Array, key: jax.Array) -> tuple[jax.Array, dict]:
+  """Label-mixed cross-entropy ``lam CE(out, y) + (1 - lam) CE(out, y[perm])`` (§1.4).
+
+  ``out`` = introspective logits for ``idml``, plain logits for ``baseline``; without mixing
+  ``lam = 1``. ``aux`` has the training accuracy (plain logits, unmixed labels) and lam.
+  """
+  cfg = config.classification
+  if cfg.mixing == "mixup":
+    images, lam, perm = mixing.mixup(key, images, cfg.alpha)
+  elif cfg.mixing == "cutmix":
+    images, lam, perm = mixing.cutmix(key, images, cfg.alpha, cfg.cutmix_prob)
+  else:
+    lam, perm = jnp.float32(1.0), jnp.arange(images.shape[0])
+  out = apply_fn(params["model"], images)
+  logits = out["introspective_logits"] if uses_idml(config.method) else out["logits"]
+  loss = mixing.mixed_cross_entropy(logits, labels, lam, perm)
+  aux = {"accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == labels), "lam": lam,
+         **_batch_stats(out)}
+  if uses_idml(config.method):
+    aux["uncertainty_norm"] = jnp.mean(jnp.linalg.norm(out["uncertainty"], axis=-1))
   return loss, aux

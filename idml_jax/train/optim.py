@@ -4,7 +4,8 @@ Groups (``optax.multi_transform``): ``backbone`` (lr), ``head`` (lr × head_lr_m
 ``proxies`` (lr × proxy_lr_mult), and ``frozen`` (BatchNorm scale/shift when BN is
 frozen: never updated). During the first ``warmup_epochs`` the backbone's learning
 rate is 0 (only heads and proxies train). Every group: clip by value, then AdamW
-(decoupled decay) or Adam with L2 added to the gradient (PyTorch's ``Adam``).
+(decoupled decay), or Adam / SGD with momentum with L2 added to the gradient (PyTorch's
+``Adam`` / ``SGD``, the classification recipes').
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def make_optimizer(config: ml_collections.ConfigDict, params,
     parts = [optax.clip(opt.clip_value)] if opt.clip_value > 0 else []
     if opt.name == "adamw":
       parts.append(optax.adamw(lr, weight_decay=opt.weight_decay))
+    elif opt.name == "sgd":
+      parts += [optax.add_decayed_weights(opt.weight_decay),
+                optax.sgd(lr, momentum=opt.momentum or None, nesterov=opt.nesterov)]
     else:
       parts += [optax.add_decayed_weights(opt.weight_decay), optax.adam(lr)]
     return optax.chain(*parts)

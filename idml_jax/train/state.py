@@ -12,7 +12,7 @@ import ml_collections
 import optax
 
 from idml_jax import iaa, losses
-from idml_jax.models import EmbeddingModel, convert, make_backbone
+from idml_jax.models import ClassifierModel, EmbeddingModel, convert, make_backbone
 from idml_jax.train import objective
 from idml_jax.train.optim import make_optimizer
 
@@ -23,8 +23,8 @@ class TrainState:
 
   Attributes:
     step: global step.
-    params: ``{"model": embedding model params, "proxies": [C, D]}`` (proxies only for
-      proxy losses).
+    params: ``{"model": model params, "proxies": [C, D]}`` (proxies only for retrieval
+      with proxy losses).
     batch_stats: BatchNorm statistics (frozen unless ``model.train_bn``).
     opt_state: optax state.
     class_stats: IAA per-class statistics (a 1-class placeholder for other methods).
@@ -39,9 +39,16 @@ class TrainState:
   class_stats_epoch: jax.Array
 
 
-def make_model(config: ml_collections.ConfigDict) -> nn.Module:
+def make_model(config: ml_collections.ConfigDict, num_classes: int = 0) -> nn.Module:
+  """The embedding model (retrieval) or the classifier (``num_classes`` outputs)."""
   backbone = make_backbone(config.model.backbone, train_bn=config.model.train_bn,
                            dtype=jnp.dtype(config.model.dtype))
+  if config.task == "classification":
+    if num_classes < 2:
+      raise ValueError(f"A classifier needs num_classes >= 2; got {num_classes}.")
+    cfg = config.classification
+    return ClassifierModel(backbone, num_classes, uncertainty=objective.uses_idml(config.method),
+                           uncertainty_dim=cfg.uncertainty_dim, a=cfg.a, b=cfg.b)
   return EmbeddingModel(backbone, config.model.embedding_dim,
                         uncertainty=objective.uses_idml(config.method),
                         uncertainty_activation=config.model.uncertainty_activation,
@@ -59,12 +66,12 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
     variables = convert.load_into(variables,
                                   convert.load(config.model.pretrained, config.model.backbone))
   params = {"model": variables["params"]}
-  if config.loss.name in losses.PROXY_LOSSES:
+  if config.task == "retrieval" and config.loss.name in losses.PROXY_LOSSES:
     dim = config.model.embedding_dim
     # Kaiming-normal, fan-out: std = sqrt(2 / C) (ALGORITHMS.md §1.5).
     params["proxies"] = jax.random.normal(jax.random.fold_in(key, 2), (num_classes, dim)) * \
         jnp.sqrt(2.0 / num_classes)
-  n_stats = num_classes if objective.uses_iaa(config.method) else 1
+  n_stats = num_classes if objective.uses_iaa(config.method) else 1  # Retrieval only.
   stats = iaa.ClassStats.create(n_stats, config.model.embedding_dim)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=None,

@@ -45,6 +45,9 @@ class Steps:
   def __init__(self, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
                mesh: Mesh):
     self.config, self.model, self.tx, self.mesh = config, model, tx, mesh
+    # Evaluation always uses BatchNorm's running statistics.
+    self.eval_model = (model.clone(backbone=model.backbone.clone(train_bn=False))
+                       if config.model.train_bn else model)
     self.spec = get_backbone(config.model.backbone).input_spec
     self.key = jax.random.PRNGKey(config.seed)
     self._train = {}
@@ -59,7 +62,11 @@ class Steps:
       if not train_backbone:  # Warm-up: no gradient through (or Adam state for) the backbone.
         model_params = {**model_params,
                         "backbone": jax.lax.stop_gradient(model_params["backbone"])}
-      return self.model.apply({"params": model_params, "batch_stats": batch_stats}, images)
+      variables = {"params": model_params, "batch_stats": batch_stats}
+      if not self.config.model.train_bn:
+        return self.model.apply(variables, images)
+      out, updated = self.model.apply(variables, images, mutable=["batch_stats"])
+      return {**out, "batch_stats": updated["batch_stats"]}
     return apply
 
   def train_step(self, state: TrainState, batch: dict, strength: float, *, synthesize: bool,
@@ -82,18 +89,23 @@ class Steps:
                                   state.class_stats, strength, synthesize)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    batch_stats = aux.pop("batch_stats", state.batch_stats)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         batch_stats=batch_stats), metrics
 
-  def _embed(self, state, images):
-    """Normalised images -> semantic embeddings [B, D] and uncertainty norms [B]."""
-    out = self.model.apply({"params": state.params["model"], "batch_stats": state.batch_stats},
-                           normalize(images, self.spec))
+  def _embed(self, state, images) -> dict[str, jax.Array]:
+    """uint8 images [B, H, W, 3] -> ``uncertainty_norm`` [B] (0 without the head) and
+    ``semantic`` embeddings [B, D] (retrieval) or plain ``logits`` [B, C] (classification)."""
+    out = self.eval_model.apply(
+        {"params": state.params["model"], "batch_stats": state.batch_stats},
+        normalize(images, self.spec))
     unc = out.get("uncertainty")
     norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
-    return out["semantic"], norm
+    key = "logits" if self.config.task == "classification" else "semantic"
+    return {key: out[key], "uncertainty_norm": norm}
 
   def _update_class_stats(self, stats, z, labels, mask=None):
     cfg = self.config.iaa

@@ -1,0 +1,237 @@
+"""Image classification with the ISM (§1.4): model, Mixup/CutMix, loss, data, training."""
+
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from test_train import load_config
+
+from idml_jax import config as config_lib
+from idml_jax import data, mixing
+from idml_jax.data import transforms
+from idml_jax.models import ClassifierModel, make_backbone
+from idml_jax.train import loop
+from idml_jax.train.state import create, make_model
+from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
+
+
+def naive_ism_logits(h, w, w_u, b_u, a=0.0, b=5.0):
+  """§1.4 with loops: zI_c = 1 - (1 - z_c) exp(-(du + a) / (b dmu_c))."""
+  out_z = np.zeros((h.shape[0], w.shape[1]))
+  out_i = np.zeros_like(out_z)
+  for i in range(h.shape[0]):
+    u = np.maximum(h[i] @ w_u + b_u, 0)
+    du = sum(x * x for x in u)
+    for c in range(w.shape[1]):
+      z = sum(h[i, f] * w[f, c] for f in range(h.shape[1]))
+      dmu = sum((h[i, f] - w[f, c]) ** 2 for f in range(h.shape[1]))
+      out_z[i, c] = z
+      out_i[i, c] = 1 - (1 - z) * np.exp(-(du + a) / (b * dmu))
+  return out_z, out_i
+
+
+def test_classifier_model_logits_match_naive():
+  model = ClassifierModel(make_backbone("resnet_tiny_cifar"), num_classes=5, uncertainty_dim=6)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 16, 16, 3)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  out = model.apply(variables, x)
+  p = jax.device_get(variables["params"])
+  z, zi = naive_ism_logits(np.float64(out["features"]), np.float64(p["classifier"]),
+                           np.float64(p["uncertainty"]["kernel"]),
+                           np.float64(p["uncertainty"]["bias"]))
+  np.testing.assert_allclose(out["logits"], z, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["introspective_logits"], zi, rtol=1e-4, atol=1e-5)
+  plain = ClassifierModel(make_backbone("resnet_tiny_cifar"), 5, uncertainty=False)
+  assert set(plain.apply(plain.init(jax.random.PRNGKey(0), x), x)) == {"features", "logits"}
+
+
+def naive_mixed_ce(logits, labels, lam, perm):
+  total = 0.0
+  for i in range(len(labels)):
+    logz = np.log(np.sum(np.exp(logits[i])))
+    total += lam * (logz - logits[i, labels[i]]) + (1 - lam) * (logz - logits[i, labels[perm[i]]])
+  return total / len(labels)
+
+
+def test_mixed_cross_entropy_matches_naive_and_its_gradient_is_finite():
+  rng = np.random.default_rng(1)
+  logits, labels = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+  perm = rng.permutation(6)
+  got = mixing.mixed_cross_entropy(jnp.float32(logits), jnp.int32(labels), 0.3, perm)
+  np.testing.assert_allclose(got, naive_mixed_ce(logits, labels, 0.3, perm), rtol=1e-5)
+  g = jax.grad(lambda x: mixing.mixed_cross_entropy(x, jnp.int32(labels), 0.3, perm))(
+      jnp.float32(logits) * 1e3)
+  assert np.all(np.isfinite(g))
+
+
+def test_mixup_is_a_convex_combination_with_beta_lam():
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((8, 4, 4, 3)), jnp.float32)
+  mixed, lam, perm = mixing.mixup(jax.random.PRNGKey(0), x, alpha=1.0)
+  assert sorted(np.asarray(perm).tolist()) == list(range(8))
+  np.testing.assert_allclose(mixed, lam * x + (1 - lam) * x[perm], rtol=1e-6)
+  lams = jax.vmap(lambda k: mixing.mixup(k, x, 0.4)[1])(jax.random.split(jax.random.PRNGKey(1),
+                                                                          4000))
+  # Beta(0.4, 0.4): mean 1/2, variance 1/(4 (2 alpha + 1)) = 0.1389.
+  assert abs(float(jnp.mean(lams)) - 0.5) < 0.02
+  assert abs(float(jnp.var(lams)) - 0.25 / 1.8) < 0.01
+
+
+def naive_box(lam, cy, cx, h, w):
+  cut = np.sqrt(1 - lam)
+  ch, cw = int(cut * h), int(cut * w)
+  clip = lambda v, hi: min(max(v, 0), hi)
+  return clip(cy - ch // 2, h), clip(cy + ch // 2, h), clip(cx - cw // 2, w), clip(cx + cw // 2, w)
+
+
+def test_cutmix_box_matches_rand_bbox():
+  for seed in range(20):
+    key = jax.random.PRNGKey(seed)
+    lam = float(jax.random.uniform(jax.random.fold_in(key, 9)))
+    k_y, k_x = jax.random.split(key)
+    cy, cx = int(jax.random.randint(k_y, (), 0, 24)), int(jax.random.randint(k_x, (), 0, 20))
+    got = tuple(int(v) for v in mixing.cutmix_box(key, jnp.float32(lam), 24, 20))
+    assert got == naive_box(lam, cy, cx, 24, 20)
+
+
+def test_cutmix_pastes_the_box_and_corrects_lam():
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((6, 16, 12, 3)), jnp.float32)
+  applied, lams = 0, []
+  for seed in range(200):
+    mixed, lam, perm = mixing.cutmix(jax.random.PRNGKey(seed), x, alpha=1.0, prob=0.5)
+    changed = np.any(np.asarray(mixed) != np.asarray(x), axis=(0, 3))  # [H, W] pasted pixels
+    pasted = np.asarray(mixed)[:, changed]
+    np.testing.assert_array_equal(pasted, np.asarray(x)[np.asarray(perm)][:, changed])
+    np.testing.assert_allclose(float(lam), 1 - changed.sum() / (16 * 12), atol=1e-6)
+    if changed.any():
+      rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+      assert changed[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()  # One rectangle.
+      applied += 1
+    lams.append(float(lam))
+  assert 70 < applied < 130  # prob = 0.5 per batch.
+  assert 0.6 < np.mean(lams) < 0.9  # 1/2 unmixed (lam 1) + 1/2 ~ E[corrected lam] >= 1/2.
+
+
+def test_pad_crop_flip_is_a_shifted_window():
+  img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+  for seed in range(10):
+    out = transforms.pad_crop_flip(img, 8, np.random.default_rng(seed))
+    padded = np.pad(img, ((4, 4), (4, 4), (0, 0)))
+    windows = [padded[t:t + 8, s:s + 8] for t in range(9) for s in range(9)]
+    assert any(np.array_equal(out, w) or np.array_equal(out, w[:, ::-1]) for w in windows)
+
+
+def tiny_classification(row="idml_cutmix", **overrides):
+  c = load_config("classification.py", f"demo,{row},runlocal")
+  c.data.num_threads = 2
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split("__")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  config_lib.validate(c)
+  return c
+
+
+def _steps(c, devices, n=3):
+  src = data.load_splits(c.data.name, "demo")["train"]
+  mesh = make_mesh(devices)
+  model = make_model(c, 20)
+  state, tx = create(c, model, 20, 10)
+  state = replicate(mesh, state)
+  steps = Steps(c, model, tx, mesh)
+  sampler = data.RandomSampler(len(src), c.batch_size, seed=0)
+  out = []
+  for local in data.train_batches(src, sampler, image_size=32, seed=0, start_step=0, num_steps=n,
+                                  num_threads=2, transform=transforms.pad_crop_flip):
+    batch = to_global(mesh, {"image": local["image"], "label": local["label"]})
+    state, m = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+    out.append({k: float(v) for k, v in m.items()})
+  return out, jax.device_get(state)
+
+
+@pytest.mark.parametrize("row", ["baseline", "ism", "mixup", "idml_mixup", "cutmix",
+                                 "idml_cutmix"])
+def test_every_row_trains(row):
+  c = tiny_classification(row)
+  metrics, state = _steps(c, jax.devices()[:1], n=2)
+  assert all(np.isfinite(v) for m in metrics for v in m.values())
+  assert ("uncertainty_norm" in metrics[0]) == (row in ("ism", "idml_mixup", "idml_cutmix"))
+  if row in ("baseline", "ism"):
+    assert all(m["lam"] == 1.0 for m in metrics)
+  bn = state.batch_stats["backbone"]["bn1"]["mean"]
+  assert np.abs(bn).max() > 0  # BatchNorm statistics train (they start at 0).
+
+
+def test_one_device_equals_eight_devices():
+  c = tiny_classification("idml_cutmix", classification__cutmix_prob=1.0)
+  one_m, one = _steps(c, jax.devices()[:1])
+  eight_m, eight = _steps(c, jax.devices())
+  np.testing.assert_allclose([m["loss"] for m in one_m], [m["loss"] for m in eight_m], rtol=1e-4)
+  assert [m["lam"] for m in one_m] == pytest.approx([m["lam"] for m in eight_m])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+               (one.params, one.batch_stats), (eight.params, eight.batch_stats))
+
+
+def test_end_to_end_on_shipped_data(tmp_path):
+  c = tiny_classification("idml_mixup")
+  results = loop.train_and_evaluate(c, str(tmp_path))
+  final = results["final"]
+  assert 0 <= final["top1"] <= final["top5"] <= 1 and "uncertainty_mean" in final
+  assert results["best"]["top1"] == max(results["best"]["top1"], final["top1"])
+  for f in ("training_curves.png", "uncertainty_vs_error.png", "results.json", "run.json"):
+    assert os.path.exists(tmp_path / f), f
+  again = loop.evaluate_only(c, str(tmp_path))
+  assert again["top1"] == pytest.approx(results["best"]["top1"])
+
+
+def test_tfds_classification_keeps_labels(tmp_path):
+  import tensorflow_datasets as tfds
+
+  from idml_jax.data.tfds_source import load_tfds_classification
+
+  class TinyCifar(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(4, 4, 3), encoding_format="png"),
+          "label": tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(range(10)),
+              "test": self._generate_examples([2, 7])}
+
+    def _generate_examples(self, labels):
+      for i, label in enumerate(labels):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((4, 4, 3), 20 * label, np.uint8)).save(buf, format="PNG")
+        yield i, {"image": buf.getvalue(), "label": label}
+
+  TinyCifar(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  splits = load_tfds_classification("cifar10", str(tmp_path), tfds_name="tiny_cifar")
+  assert sorted(splits["train"].labels.tolist()) == list(range(10))
+  assert sorted(splits["test"].labels.tolist()) == [2, 7]  # Not renumbered.
+  for i in range(2):
+    assert splits["test"].load(i)[0, 0, 0] == 20 * splits["test"].labels[i]
+  with pytest.raises(FileNotFoundError, match="downloads/manual"):
+    data.load_splits("imagenet", "tfds", str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("arg", ["imagenet,baseline", "imagenet,ism", "imagenet,mixup",
+                                 "imagenet,idml_mixup", "imagenet,cutmix",
+                                 "imagenet,idml_cutmix", "cifar10,idml_cutmix",
+                                 "cifar100,cutmix", "demo,ism"])
+def test_paper_rows_validate(arg):
+  c = load_config("classification.py", arg)
+  config_lib.validate(c)
+  assert c.task == "classification" and c.model.train_bn
+
+
+def test_bad_classification_argument_rejected():
+  with pytest.raises(ValueError, match="rows"):
+    load_config("classification.py", "cifar10,idml_cutmx")
