@@ -25,7 +25,7 @@ ResNet-18 (``resnet18_cifar``) with that recipe, so expect lower absolute top-1 
 paper's PyramidNet numbers (compare rows with each other, not with the paper). Launch::
 
     bash launch/gpu.sh --config=configs/classification.py:cifar100,idml_cutmix \\
-        --workdir=runs/c100_idml_cutmix --data_dir=~/tensorflow_datasets
+        --workdir=runs/c100_idml_cutmix --data_dir=$HOME/tensorflow_datasets
 """
 
 from idml_jax.config import default_config, runlocal

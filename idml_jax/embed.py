@@ -2,9 +2,10 @@
 
     python -m idml_jax.embed --workdir=runs/demo --images=photos/ --out=embeddings.npz
 
-Writes ``semantic`` [N, D] float32 (the retrieval embeddings, not normalised),
-``uncertainty_norm`` [N] (IDML's ‖u‖; 0 without an uncertainty head) and ``names`` [N]
-(paths relative to ``--images``). Then ``python -m idml_jax.search`` answers queries.
+Writes ``semantic`` [N, D] float32 (the retrieval embeddings, not normalised; a classifier's
+workdir gives ``logits`` [N, C] instead), ``uncertainty_norm`` [N] (IDML's ‖u‖; 0 without an
+uncertainty head) and ``names`` [N] (paths relative to ``--images``). Then
+``python -m idml_jax.search`` answers queries.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def main(argv):
   trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
   emb = inference.embed_folder(trained, _IMAGES.value)
   np.savez(_OUT.value, **emb)
-  print(f"{len(emb['names'])} images -> {_OUT.value} (semantic {emb['semantic'].shape}, "
-        f"checkpoint step {trained.step})")
+  shapes = ", ".join(f"{k} {v.shape}" for k, v in emb.items() if k != "names")
+  print(f"{len(emb['names'])} images -> {_OUT.value} ({shapes}; checkpoint step {trained.step})")
 
 
 if __name__ == "__main__":

@@ -32,14 +32,16 @@ def write_run_file(workdir: str, config: ml_collections.ConfigDict, num_classes:
 
 
 class Trained:
-  """A restored model: ``embed(source)`` -> semantic embeddings and uncertainty norms."""
+  """A restored model: ``embed(source)`` -> semantic embeddings (classifiers: logits) and
+  uncertainty norms."""
 
   def __init__(self, config, steps: Steps, state, step: int):
     self.config, self.steps, self.state, self.step = config, steps, state, step
 
   def embed(self, source) -> dict[str, np.ndarray]:
-    """``semantic`` [N, D], ``uncertainty_norm`` [N], ``labels`` [N], ``index`` [N]
-    (batches of ``config.eval.batch_size``, the training run's eval transform)."""
+    """``semantic`` [N, D] (classifiers: ``logits`` [N, C]), ``uncertainty_norm`` [N],
+    ``labels`` [N], ``index`` [N] (batches of ``config.eval.batch_size``, the training run's
+    eval transform)."""
     return embed_split(self.steps, self.state, source)
 
 
@@ -59,7 +61,7 @@ def load(workdir: str, best: bool = True) -> Trained:
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}; training has not saved one yet.")
   mesh = make_mesh()
-  model = make_model(config)
+  model = make_model(config, run["num_classes"])
   state, tx = create(config, model, run["num_classes"], 1)
   state = ckpts.restore(replicate(mesh, state), step, best=mngr is ckpts.best)
   ckpts.close()
@@ -78,10 +80,11 @@ def image_files(folder: str) -> list[str]:
 
 
 def embed_folder(trained: Trained, folder: str) -> dict[str, np.ndarray]:
-  """Embeds every image under ``folder``: ``semantic`` [N, D] (not normalised),
-  ``uncertainty_norm`` [N], ``names`` [N] (relative paths). Unreadable images are skipped."""
+  """Embeds every image under ``folder``: ``semantic`` [N, D] (not normalised; classifiers:
+  ``logits`` [N, C]), ``uncertainty_norm`` [N], ``names`` [N] (relative paths). Unreadable
+  images are skipped."""
   names = image_files(folder)
   source = FileSource([os.path.join(folder, n) for n in names], np.zeros(len(names), np.int32))
   emb = trained.embed(source)
-  return {"semantic": emb["semantic"], "uncertainty_norm": emb["uncertainty_norm"],
-          "names": np.asarray(names)[emb["index"]]}
+  out = {k: v for k, v in emb.items() if k not in ("labels", "index")}
+  return {**out, "names": np.asarray(names)[emb["index"]]}

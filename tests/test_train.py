@@ -108,6 +108,26 @@ def test_uncertainty_head_learns_in_idml_mode():
   assert float(m["uncertainty_norm"]) > 0
 
 
+def test_train_bn_updates_statistics_and_eval_uses_running_ones():
+  c = tiny(method="idml", loss="proxy_anchor", model__train_bn=True)
+  mesh = make_mesh(jax.devices()[:1])
+  model = make_model(c)
+  state, tx = create(c, model, 5, 10)
+  steps = Steps(c, model, tx, mesh)
+  images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3), dtype=np.uint8)
+  batch = to_global(mesh, {"image": images,
+                           "label": np.repeat(np.arange(5), 4)[:16].astype(np.int32)})
+  before = jax.device_get(state.batch_stats)
+  state, _ = steps.train_step(replicate(mesh, state), batch, 0.0, synthesize=False,
+                              train_backbone=True)
+  after = jax.device_get(state.batch_stats)
+  assert np.abs(after["backbone"]["bn1"]["mean"] - before["backbone"]["bn1"]["mean"]).max() > 0
+  # Evaluation: running statistics, so an image's embedding ignores the rest of its batch.
+  alone = steps.embed(state, images[:8])["semantic"]
+  mixed = steps.embed(state, np.concatenate([images[:4], images[8:12]]))["semantic"]
+  np.testing.assert_allclose(alone[:4], mixed[:4], rtol=1e-5, atol=1e-6)
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   c = tiny()
   full = loop.train_and_evaluate(c, str(tmp_path / "full"))
