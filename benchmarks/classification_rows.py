@@ -1,11 +1,12 @@
 """Small-scale comparison of the classification rows (IDML §1.4) on the shipped data.
 
 Usage: python benchmarks/classification_rows.py [--rows baseline,ism,mixup,idml_mixup,cutmix,
-       idml_cutmix] [--seeds 0,1,2] [--dataset demo] [--out /tmp/cls_rows]
+       idml_cutmix] [--seeds 0,1,2] [--dataset demo] [--epochs E] [--out /tmp/cls_rows]
 
 Trains ``configs/classification.py:<dataset>,<row>`` with the same budget for every row and
-seed (each run is a real training run, resumable from its workdir) and prints the final and
-best test top-1 per row: mean ± standard deviation over the seeds, and each seed's value.
+seed (each run is a real training run, resumable from its workdir; ``--epochs`` changes the
+budget, the decay boundaries scaled with it) and prints the final and best test top-1 per
+row: mean ± standard deviation over the seeds, and each seed's value.
 """
 
 import argparse
@@ -33,6 +34,7 @@ def main():
   p.add_argument("--rows", default="baseline,ism,mixup,idml_mixup,cutmix,idml_cutmix")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--dataset", default="demo")
+  p.add_argument("--epochs", type=int, default=0, help="0: the config's")
   p.add_argument("--out", default="/tmp/cls_rows")
   args = p.parse_args()
   logging.getLogger().setLevel(logging.WARNING)
@@ -41,7 +43,12 @@ def main():
     for seed in map(int, args.seeds.split(",")):
       c = load_config(f"{args.dataset},{row}")
       c.seed = seed
-      workdir = os.path.join(args.out, f"{args.dataset}_{row}_seed{seed}")
+      if args.epochs:
+        scale = args.epochs / c.num_epochs
+        c.optimizer.boundaries = tuple(round(b * scale) for b in c.optimizer.boundaries)
+        c.num_epochs = args.epochs
+        c.eval.every_epochs = max(1, args.epochs // 6)
+      workdir = os.path.join(args.out, f"{args.dataset}_{row}_e{c.num_epochs}_seed{seed}")
       path = os.path.join(workdir, "results.json")
       r = json.load(open(path)) if os.path.exists(path) else train_and_evaluate(c, workdir)
       table.setdefault(row, []).append((r["final"]["top1"], r["best"]["top1"],
