@@ -63,8 +63,20 @@ def class_moments(z: jax.Array, labels: jax.Array, num_classes: int,
   return b, a, v
 
 
-def merge(stats: ClassStats, b: jax.Array, a: jax.Array, v: jax.Array,
-          momentum: float = 0.2) -> ClassStats:
+def init(num_classes: int, dim: int) -> ClassStats:
+  """Empty per-class estimates: zero means, covariances and counts."""
+  return ClassStats.create(num_classes, dim)
+
+
+def merge(stats: ClassStats, embeddings: jax.Array, labels: jax.Array, *,
+          momentum: float = 0.2, mask: jax.Array | None = None) -> ClassStats:
+  """Merges a pass over the data (embeddings [N, D], labels [N]) into the estimate (§2.1)."""
+  b, a, v = class_moments(embeddings, labels, stats.mean.shape[0], mask)
+  return merge_moments(stats, b, a, v, momentum)
+
+
+def merge_moments(stats: ClassStats, b: jax.Array, a: jax.Array, v: jax.Array,
+                  momentum: float = 0.2) -> ClassStats:
   """Merges a pass's moments into the running estimate (§2.1).
 
   ``w = b / (b + n)``, floored at ``1 - momentum`` for present classes and 0 for
@@ -157,23 +169,23 @@ def global_covariance(covariance: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(w[:, None] * covariance, axis=0) / jnp.maximum(jnp.sum(w), 1e-30)
 
 
-def neighbor_correction(stats: ClassStats, b: jax.Array, *, num_neighbors: int = 25,
-                        beta: float = 0.1, tau: float = 40.0, gamma: float = 0.1,
-                        sigma_mean: float = 1.0, sigma_cov: float = 1.0) -> ClassStats:
-  """Sets ``synthesis_covariance`` to ``Sigma^cr`` (paper Eq. 15; §2.2).
+def neighbor_correction(stats: ClassStats, counts: jax.Array, *, num_neighbors: int = 25,
+                        beta: float = 0.1, gamma: float = 0.1, tau: float = 40.0,
+                        sigma_m: float = 1.0, sigma_cv: float = 1.0) -> jax.Array:
+  """The corrected covariance ``Sigma^cr`` [C, D] (paper Eq. 15; §2.2).
 
   ``Sigma_k^cr = (1 - alpha_k) Sigma_k + alpha_k [(1 - gamma) Sigma_k^nb + gamma Sigma_g]``.
 
   Args:
     stats: the merged estimate.
-    b: [C] per-class counts of the pass just merged.
+    counts: [C] per-class counts ``b_k`` of the pass just merged.
   """
-  alpha = class_weight(b, beta, tau)[:, None]
-  cov_nb = neighbor_covariance(stats.mean, stats.covariance, b, num_neighbors=num_neighbors,
-                               sigma_mean=sigma_mean, sigma_cov=sigma_cov)
-  cov_g = global_covariance(stats.covariance, b)[None, :]
-  corrected = (1 - alpha) * stats.covariance + alpha * ((1 - gamma) * cov_nb + gamma * cov_g)
-  return stats.replace(synthesis_covariance=corrected)
+  alpha = class_weight(counts, beta, tau)[:, None]
+  cov_nb = neighbor_covariance(stats.mean, stats.covariance, counts,
+                               num_neighbors=num_neighbors, sigma_mean=sigma_m,
+                               sigma_cov=sigma_cv)
+  cov_g = global_covariance(stats.covariance, counts)[None, :]
+  return (1 - alpha) * stats.covariance + alpha * ((1 - gamma) * cov_nb + gamma * cov_g)
 
 
 def update(stats: ClassStats, z: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None,
@@ -186,27 +198,30 @@ def update(stats: ClassStats, z: jax.Array, labels: jax.Array, *, mask: jax.Arra
       classes in the configs). Off reproduces the official code's sampling.
   """
   b, a, v = class_moments(z, labels, stats.mean.shape[0], mask)
-  stats = merge(stats, b, a, v, momentum)
+  stats = merge_moments(stats, b, a, v, momentum)
   if correct:
-    stats = neighbor_correction(stats, b, **correction_kwargs)
+    stats = stats.replace(synthesis_covariance=neighbor_correction(stats, b,
+                                                                   **correction_kwargs))
   return stats
 
 
-def synthesize(key: jax.Array, z: jax.Array, labels: jax.Array, stats: ClassStats,
-               strength: float | jax.Array, num_synthetic: int = 3) -> tuple[jax.Array, jax.Array]:
-  """Draws ``M`` synthetic samples per original: ``z + sqrt(lambda_e) sqrt(Sigma_y) * eps`` (§2.3).
+def synthesize(key: jax.Array, embeddings: jax.Array, labels: jax.Array, covariance: jax.Array,
+               *, lam: float | jax.Array, num: int = 3) -> tuple[jax.Array, jax.Array]:
+  """Draws ``num`` synthetic samples per original: ``z + sqrt(lam) sqrt(Sigma_y) * eps`` (§2.3).
 
   Args:
     key: PRNG key.
-    z: [B, D] raw embeddings; labels: [B].
-    strength: ``lambda_e`` from :func:`strength_schedule`.
+    embeddings: [B, D] raw embeddings ``z``; labels: [B].
+    covariance: [C, D] diagonal covariances to sample from (``stats.synthesis_covariance``).
+    lam: ``lambda_e`` from :func:`strength_schedule`.
   Returns:
-    ``(z_syn, labels_syn)``: [M B, D] and [M B], copy ``m`` of sample ``i`` at ``m B + i``.
+    ``(synthetic, synthetic_labels)``: [num B, D] and [num B], copy ``m`` of sample ``i`` at
+    ``m B + i``.
   """
-  std = jnp.sqrt(jnp.maximum(stats.synthesis_covariance[labels], 0.0))
-  eps = jax.random.normal(key, (num_synthetic,) + z.shape, z.dtype)
-  z_syn = z[None] + jnp.sqrt(strength) * std[None] * eps
-  return z_syn.reshape(-1, z.shape[1]), jnp.tile(labels, num_synthetic)
+  std = jnp.sqrt(jnp.maximum(covariance[labels], 0.0))
+  eps = jax.random.normal(key, (num,) + embeddings.shape, embeddings.dtype)
+  z_syn = embeddings[None] + jnp.sqrt(lam) * std[None] * eps
+  return z_syn.reshape(-1, embeddings.shape[1]), jnp.tile(labels, num)
 
 
 def strength_schedule(strength: float, epoch: float | jax.Array,

@@ -93,29 +93,34 @@ def synthetic_source(batch_size: int, num_synthetic: int) -> jax.Array:
 
 
 def pair_masks(anchor_labels: jax.Array, candidate_labels: jax.Array,
-               candidate_source: jax.Array | None = None,
+               anchor_ids: jax.Array | None = None, candidate_ids: jax.Array | None = None, *,
                anchor_mask: jax.Array | None = None,
                candidate_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Positive and negative masks for pair losses.
 
-  A candidate is a positive of anchor ``i`` if it has the same label and is neither
-  ``i`` nor one of ``i``'s own synthetic copies; a negative if its label differs.
+  A candidate is a positive of anchor ``i`` if it has the same label and is not made from
+  the same image (the anchor itself or one of its own synthetic copies: equal ids); a
+  negative if its label differs.
 
   Args:
-    anchor_labels: [B] labels of the anchors (the first B candidates).
+    anchor_labels: [B] labels of the anchors.
     candidate_labels: [N] labels of the candidates.
-    candidate_source: [N] index of the anchor each candidate was made from
-      (defaults to ``arange(N)``: candidates are distinct originals).
+    anchor_ids: [B] image id of each anchor (default ``arange(B)``: the anchors are the
+      first B candidates).
+    candidate_ids: [N] id of the image each candidate was made from (default
+      ``arange(N)``; :func:`synthetic_source` for originals followed by synthetic copies).
     anchor_mask, candidate_mask: [B], [N] bool validity (False = padding).
   Returns:
     ``(positive, negative)``, each [B, N] bool.
   """
   b, n = anchor_labels.shape[0], candidate_labels.shape[0]
-  if candidate_source is None:
-    candidate_source = jnp.arange(n)
+  if anchor_ids is None:
+    anchor_ids = jnp.arange(b)
+  if candidate_ids is None:
+    candidate_ids = jnp.arange(n)
   valid = _valid(anchor_mask, b)[:, None] & _valid(candidate_mask, n)[None, :]
   same = anchor_labels[:, None] == candidate_labels[None, :]
-  own = candidate_source[None, :] == jnp.arange(b)[:, None]
+  own = candidate_ids[None, :] == anchor_ids[:, None]
   return same & ~own & valid, ~same & valid
 
 

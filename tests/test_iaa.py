@@ -83,9 +83,23 @@ def test_neighbor_correction_matches_naive(block_size, monkeypatch):
                       lambda *a, **kw: orig(*a, **kw, block_size=block_size))
   got = iaa.neighbor_correction(stats, jnp.float32(b), num_neighbors=5)
   want = _naive_correction(mean, cov, b, k_nbr=5)
-  np.testing.assert_allclose(got.synthesis_covariance, want, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(got.covariance, cov, rtol=1e-6)  # Raw estimate untouched.
-  assert np.all(np.isfinite(got.synthesis_covariance))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert np.all(np.isfinite(got))
+
+
+def test_update_merges_and_stores_the_correction_for_synthesis():
+  rng = np.random.default_rng(5)
+  z = jnp.float32(rng.standard_normal((60, 4)))
+  y = jnp.asarray(rng.integers(0, 10, 60))
+  start = iaa.init(10, 4)
+  plain = iaa.update(start, z, y)
+  jax.tree.map(np.testing.assert_array_equal, plain, iaa.merge(start, z, y))
+  np.testing.assert_array_equal(plain.synthesis_covariance, plain.covariance)
+  corrected = iaa.update(start, z, y, correct=True, num_neighbors=3)
+  np.testing.assert_allclose(corrected.covariance, plain.covariance)  # Raw estimate untouched.
+  counts = jnp.float32(np.bincount(np.asarray(y), minlength=10))
+  np.testing.assert_allclose(corrected.synthesis_covariance,
+                             iaa.neighbor_correction(plain, counts, num_neighbors=3), rtol=1e-6)
 
 
 def test_class_weight_values():
@@ -97,16 +111,16 @@ def test_class_weight_values():
 def test_synthesis_distribution_and_layout():
   c, d, b, m = 3, 4, 6, 2
   cov = jnp.float32(np.arange(1, c * d + 1).reshape(c, d) / 10)
-  stats = iaa.ClassStats(jnp.zeros((c, d)), cov, jnp.ones(c), cov)
   z = jnp.float32(np.random.default_rng(2).standard_normal((b, d)))
   y = jnp.asarray([0, 1, 2, 0, 1, 2])
-  zs, ys = iaa.synthesize(jax.random.PRNGKey(0), z, y, stats, 0.8, m)
+  zs, ys = iaa.synthesize(jax.random.PRNGKey(0), z, y, cov, lam=0.8, num=m)
   assert zs.shape == (m * b, d)
   np.testing.assert_array_equal(ys, np.tile(y, m))
   # Deterministic for a key, different for another.
-  np.testing.assert_array_equal(zs, iaa.synthesize(jax.random.PRNGKey(0), z, y, stats, 0.8, m)[0])
+  np.testing.assert_array_equal(zs, iaa.synthesize(jax.random.PRNGKey(0), z, y, cov, lam=0.8,
+                                                   num=m)[0])
   # Many draws: mean z_i and variance lambda * Sigma_{y_i}.
-  zs, _ = iaa.synthesize(jax.random.PRNGKey(1), z, y, stats, 0.8, 20000)
+  zs, _ = iaa.synthesize(jax.random.PRNGKey(1), z, y, cov, lam=0.8, num=20000)
   zs = np.asarray(zs).reshape(20000, b, d)
   np.testing.assert_allclose(zs.mean(0), z, atol=0.03)
   np.testing.assert_allclose(zs.var(0), 0.8 * np.asarray(cov)[np.asarray(y)], rtol=0.05)

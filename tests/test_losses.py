@@ -49,7 +49,8 @@ def test_pair_masks_exclude_own_synthetic_copies():
   b, m = 4, 2
   y = np.array([0, 1, 0, 1])
   y_all = np.tile(y, 1 + m)
-  pos, neg = losses.pair_masks(jnp.asarray(y), jnp.asarray(y_all), losses.synthetic_source(b, m))
+  pos, neg = losses.pair_masks(jnp.asarray(y), jnp.asarray(y_all),
+                               candidate_ids=losses.synthetic_source(b, m))
   for i in range(b):
     for j in range(b * (1 + m)):
       assert pos[i, j] == (y_all[j] == y[i] and j % b != i)
@@ -65,7 +66,7 @@ def test_multi_similarity_matches_naive(num_synthetic):
   sim = _sim(4, b, b * (1 + num_synthetic)) * 0.6 + 0.3
   sim[0, 0] = 1.0  # Self-similarity is excluded by the mask anyway.
   pos, neg = losses.pair_masks(jnp.asarray(y), jnp.asarray(y_all),
-                               losses.synthetic_source(b, num_synthetic))
+                               candidate_ids=losses.synthetic_source(b, num_synthetic))
   got = losses.multi_similarity(jnp.float32(sim), pos, neg)
   assert float(got) == pytest.approx(naive.multi_similarity(sim, y, y_all, b), rel=1e-4)
 

@@ -78,3 +78,21 @@ def test_scann_ah_close_to_exact_on_larger_gallery():
 def test_bad_input_is_refused(bad, match):
   with pytest.raises(ValueError, match=match):
     retrieval_metrics(**bad)
+
+
+def test_public_evaluate_api_all_metrics_in_one_call():
+  from idml_jax import evaluate
+  from idml_jax.evaluation import clustering_metrics
+
+  rng = np.random.default_rng(7)
+  y = np.repeat(np.arange(8), 5)
+  x = (rng.standard_normal((8, 6))[y] + 0.5 * rng.standard_normal((40, 6))).astype(np.float32)
+  got = evaluate.retrieval_metrics(x, y, recall_ks=(1, 4))
+  want = naive.retrieval(x, y, x, y, (1, 4), all_vs_all=True)
+  for k, v in want.items():
+    assert got[k] == pytest.approx(v, abs=1e-6), k
+  assert got["nmi"] == clustering_metrics(x, y)["nmi"] and 0 <= got["f1"] <= 1
+  qg = evaluate.query_gallery_metrics(x[:10], y[:10], x[10:], y[10:], recall_ks=(1, 2))
+  assert set(qg) == {"recall@1", "recall@2", "r_precision", "map@r"}
+  with pytest.raises(ValueError, match="NaN|finite"):
+    evaluate.retrieval_metrics(np.full((4, 2), np.nan), np.arange(4) % 2)

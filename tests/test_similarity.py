@@ -6,7 +6,7 @@ import naive
 import numpy as np
 import pytest
 
-from idml_jax import losses, similarity
+from idml_jax import losses, metric, similarity
 
 
 def _data(seed=0, n=6, c=4, d=5):
@@ -135,3 +135,19 @@ def test_larger_uncertainty_moves_similarity_towards_one():
 def test_unknown_activation_lists_valid_ones():
   with pytest.raises(ValueError, match="relu"):
     similarity.uncertainty_embedding(jnp.zeros(3), "tanh")
+
+
+def test_public_metric_api_both_forms_match_naive():
+  mu, u, p, _ = _data(3)
+  got = metric.introspective_similarity(jnp.float32(mu), jnp.float32(u), jnp.float32(p))
+  np.testing.assert_allclose(got, naive.proxy_ism(mu, u, p), atol=2e-5)
+  got = metric.introspective_similarity(jnp.float32(mu), jnp.float32(u), jnp.float32(mu),
+                                        jnp.float32(u), offset=1.0, scale=3.0)
+  want = naive.pairwise_ism(mu, u, a=1.0, b=3.0)
+  off = ~np.eye(len(mu), dtype=bool)
+  np.testing.assert_allclose(np.asarray(got)[off], want[off], atol=2e-5)
+  with pytest.raises(ValueError, match="must share D"):
+    metric.introspective_similarity(jnp.zeros((2, 3)), None, jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match="uncertainty_b given without"):
+    metric.introspective_similarity(jnp.zeros((2, 3)), None, jnp.zeros((2, 3)),
+                                    jnp.zeros((2, 3)))

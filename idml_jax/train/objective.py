@@ -58,7 +58,7 @@ def loss_on_embeddings(config: ml_collections.ConfigDict, out: dict, labels: jax
     cand_y = jnp.concatenate([labels, y_syn])
     source = losses.synthetic_source(mu.shape[0], m)
   sim = similarity.pairwise_introspective_similarity(mu, u, cand_mu, cand_u, a, b)
-  pos, neg = losses.pair_masks(labels, cand_y, source)
+  pos, neg = losses.pair_masks(labels, cand_y, candidate_ids=source)
   return loss_fn(sim, pos, neg, **kwargs)
 
 
@@ -74,7 +74,8 @@ def total_loss(config: ml_collections.ConfigDict, apply_fn, params, images: jax.
   synthetic = None
   if synthesize:
     m = config.iaa.num_synthetic
-    z_syn, y_syn = iaa.synthesize(k_syn, out["semantic"], labels, stats, strength, m)
+    z_syn, y_syn = iaa.synthesize(k_syn, out["semantic"], labels, stats.synthesis_covariance,
+                                  lam=strength, num=m)
     synthetic = (z_syn, y_syn, m)
   loss = loss_on_embeddings(config, out, labels, proxies, synthetic)
   aux = {"loss_clean": loss, **_batch_stats(out)}
