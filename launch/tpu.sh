@@ -7,7 +7,8 @@
 #       [--data_dir=/gcs/data] [--bucket=my-bucket] [--version=tpu-ubuntu2204-base] \
 #       [--project=P] [--spot] [--extra="--config.model.dtype=bfloat16"] [STEP ...]
 #
-# STEPs (default: create setup train logs): create | setup | train | logs | stop | delete.
+# STEPs (default: create setup train logs): create | setup (copies the committed HEAD) |
+# train | logs | stop (Ctrl-C: the last checkpoint is kept) | delete.
 # The workdir must be shared by all workers (checkpoints are written together): --bucket
 # mounts a GCS bucket with gcsfuse at /gcs on every worker. Resume a pre-empted run by
 # running `train` again with the same workdir. jax.distributed.initialize() needs no
@@ -31,7 +32,7 @@ for arg in "$@"; do
     --bucket=*) BUCKET="${arg#*=}" ;;
     --spot) SPOT=1 ;;
     --extra=*) EXTRA="${arg#*=}" ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     create|setup|train|logs|stop|delete) STEPS+=("$arg") ;;
     *) die "unknown argument $arg (see: bash $0 --help)" ;;
   esac
