@@ -40,7 +40,7 @@ def _start(workdir, devices: int, extra=()) -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen) -> str:
-  out, _ = proc.communicate(timeout=600)
+  out, _ = proc.communicate(timeout=400)
   assert proc.returncode == 0, out[-4000:]
   return out
 
@@ -69,8 +69,13 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
                                           "--num_processes=2", f"--process_id={i}"])
            for i in range(2)]
   single = _start(tmp_path / "single", 8)
-  logs = [_finish(p) for p in hosts]
-  _finish(single)
+  try:
+    logs = [_finish(p) for p in hosts]
+    _finish(single)
+  finally:  # A failed host leaves the other waiting on collectives: never leak them.
+    for p in [*hosts, single]:
+      if p.poll() is None:
+        p.kill()
   for i, log in enumerate(logs):  # Each process loads only its own 8 rows of the 16.
     assert f"Process {i} of 2 loads rows [{8 * i}, {8 * i + 8}) of every global batch of 16" \
         in log, log[-3000:]
