@@ -12,14 +12,16 @@ training, SGD) is timed on random images, the rows interleaved over ``--rounds``
 import argparse
 import importlib.util
 import os
-import statistics
-import time
+import sys
 
 import jax
 import numpy as np
 
-from idml_jax.train.state import create, make_model
-from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from synthetic import median_step_seconds  # noqa: E402
+
+from idml_jax.train.state import create, make_model  # noqa: E402
+from idml_jax.train.steps import Steps, make_mesh, replicate, to_global  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ("baseline", "ism", "mixup", "idml_mixup", "cutmix", "idml_cutmix")
@@ -47,15 +49,8 @@ def time_step(c, num_classes: int, n: int) -> float:
   batch = to_global(mesh, {
       "image": rng.integers(0, 255, (c.batch_size, s, s, 3), dtype=np.uint8),
       "label": rng.integers(0, num_classes, c.batch_size).astype(np.int32)})
-  state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(n):
-    t = time.perf_counter()
-    state, m = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return median_step_seconds(lambda s: steps.train_step(
+      s, batch, 0.0, synthesize=False, train_backbone=True), state, n)
 
 
 def main():

@@ -10,17 +10,20 @@ second pass excluded (it is part of both), and IAA synthesis.
 """
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idml_jax import config as config_lib
-from idml_jax.train import objective
-from idml_jax.train.state import create, make_model
-from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import median_step_seconds  # noqa: E402
+
+from idml_jax import config as config_lib  # noqa: E402
+from idml_jax.train import objective  # noqa: E402
+from idml_jax.train.state import create, make_model  # noqa: E402
+from idml_jax.train.steps import Steps, make_mesh, replicate, to_global  # noqa: E402
 
 
 def config_for(model: str, method: str, batch: int, dtype: str):
@@ -59,18 +62,11 @@ def time_step(c, num_classes, steps_n, trivial: bool):
     objective.loss_on_embeddings = lambda cfg, out, *a, **k: jnp.sum(out["semantic"]) * 1e-6
   try:
     synth = "iaa" in c.method
-    state, _ = steps.train_step(state, batch, 0.8, synthesize=synth, train_backbone=True)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(steps_n):
-      t = time.perf_counter()
-      state, m = steps.train_step(state, batch, 0.8, synthesize=synth, train_backbone=True)
-      jax.block_until_ready(m)
-      times.append(time.perf_counter() - t)
+    return median_step_seconds(lambda s: steps.train_step(
+        s, batch, 0.8, synthesize=synth, train_backbone=True), state, steps_n)
   finally:
     if trivial:
       objective.loss_on_embeddings = real
-  return statistics.median(times)
 
 
 def main():

@@ -30,3 +30,21 @@ def clustered_embeddings(name: str, dim: int = 512, noise: float = 0.9, seed: in
     basis, _ = np.linalg.qr(rng.standard_normal((dim, intrinsic_dim)))
     x = (x[:, :intrinsic_dim] @ basis.T).astype(np.float32)
   return x.astype(np.float32), labels
+
+
+def median_step_seconds(step, state, num_steps: int) -> float:
+  """Median wall seconds of ``state, metrics = step(state)`` after one warm-up (compile) call."""
+  import statistics
+  import time
+
+  import jax
+
+  state, _ = step(state)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(num_steps):
+    t = time.perf_counter()
+    state, metrics = step(state)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
