@@ -33,7 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.embedding_dim = 512
   c.model.pretrained = ""  # Orbax dir or .pth/.safetensors (idml_jax.models.convert).
   c.model.dtype = "float32"  # Compute dtype of the backbone; "bfloat16" on accelerators.
-  c.model.train_bn = False  # The papers freeze BatchNorm.
+  c.model.train_bn = False  # Retrieval papers freeze BatchNorm; classification trains it.
   c.model.uncertainty_activation = "relu"  # "l2_normalize" = the official IDML code.
   c.model.pooling = "avg+max"
 
