@@ -10,7 +10,6 @@ training, SGD) is timed on random images, the rows interleaved over ``--rounds``
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -20,6 +19,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from synthetic import median_step_seconds  # noqa: E402
 
+from idml_jax import config as config_lib  # noqa: E402
 from idml_jax.train.state import create, make_model  # noqa: E402
 from idml_jax.train.steps import Steps, make_mesh, replicate, to_global  # noqa: E402
 
@@ -28,11 +28,8 @@ ROWS = ("baseline", "ism", "mixup", "idml_mixup", "cutmix", "idml_cutmix")
 
 
 def config_for(model: str, row: str, batch: int, dtype: str):
-  spec = importlib.util.spec_from_file_location(
-      "classification", os.path.join(ROOT, "configs", "classification.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(("imagenet," if model == "resnet50" else "demo,") + row)
+  c = config_lib.from_file(os.path.join(ROOT, "configs", "classification.py") + ":"
+                           + ("imagenet," if model == "resnet50" else "demo,") + row)
   c.batch_size, c.model.dtype = batch, dtype
   c.classification.cutmix_prob = 1.0  # Time the mixing on every step.
   return c

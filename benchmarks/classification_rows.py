@@ -10,23 +10,19 @@ row: mean ± standard deviation over the seeds, and each seed's value.
 """
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import statistics
 
+from idml_jax import config as config_lib
 from idml_jax.train.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(arg: str):
-  spec = importlib.util.spec_from_file_location(
-      "classification", os.path.join(ROOT, "configs", "classification.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.from_file(os.path.join(ROOT, "configs", "classification.py") + ":" + arg)
 
 
 def main():

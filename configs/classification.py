@@ -105,7 +105,6 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.eval.batch_size = 100
     c.eval.every_epochs = 5
     c.log_every_steps = 14
-  c.classification.uncertainty_dim = 512
   if "runlocal" in args:
     runlocal(c)
     c.model.backbone = "resnet_tiny_cifar"

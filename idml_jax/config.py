@@ -7,6 +7,9 @@ inconsistent combination fails with the valid choices listed.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from idml_jax import losses
@@ -105,6 +108,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_epochs = 1
   c.log_every_steps = 20
   return c
+
+
+def from_file(spec: str) -> ml_collections.ConfigDict:
+  """``"configs/demo.py:runlocal"`` -> that file's ``get_config("runlocal")`` (as ``--config``
+  reads it; no argument after the path calls ``get_config()``)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  if module_spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"No config file {path!r}.")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ import json
 import numpy as np
 from absl import app, flags
 
-from idml_jax.evaluation.knn import scann_searcher
+from idml_jax.evaluation.knn import drop_self, scann_searcher
 from idml_jax.evaluation.retrieval import l2_normalize_np
 
 
@@ -56,12 +56,12 @@ def main(argv):
   index = GalleryIndex(gallery["semantic"], gallery["names"], _APPROX.value,
                        max_k=_K.value + 1)
   scores, indices = index.search(queries["semantic"], _K.value + int(self_query))
-  results = []
-  for qi, (s_row, i_row) in enumerate(zip(scores, indices, strict=True)):
-    keep = [(float(s), str(index.names[i])) for s, i in zip(s_row, i_row, strict=True)
-            if not (self_query and i == qi)][:_K.value]
-    results.append({"query": str(queries["names"][qi]),
-                    "neighbours": [{"name": n, "score": round(s, 5)} for s, n in keep]})
+  if self_query:  # Each image's own entry left out.
+    scores, indices = drop_self(scores, indices, _K.value)
+  results = [{"query": str(name),
+              "neighbours": [{"name": str(index.names[i]), "score": round(float(s), 5)}
+                             for s, i in zip(s_row, i_row, strict=True)]}
+             for name, s_row, i_row in zip(queries["names"], scores, indices, strict=True)]
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(results, f, indent=1)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import load_config
+from test_train import load_config, override
 
 from idml_jax import config as config_lib
 from idml_jax import data, mixing
@@ -127,12 +127,7 @@ def test_pad_crop_flip_is_a_shifted_window():
 def tiny_classification(row="idml_cutmix", **overrides):
   c = load_config("classification.py", f"demo,{row},runlocal")
   c.data.num_threads = 2
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split("__")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  override(c, **overrides)
   config_lib.validate(c)
   return c
 

@@ -4,7 +4,6 @@ Both runs go through the real entry point (``python -m idml_jax.main``); the two
 meet at a coordinator on 127.0.0.1 and all-reduce over gloo.
 """
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -46,10 +45,7 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 def _template():
-  spec = importlib.util.spec_from_file_location("demo", CONFIG.split(":")[0])
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("runlocal,digits")
+  c = config_lib.from_file(CONFIG)
   c.num_epochs, c.max_steps_per_epoch = 1, 3
   config_lib.validate(c)
   return create(c, make_model(c), 5, 3)[0]

@@ -1,6 +1,5 @@
 """The main job end to end on tiny configs: devices, resume, methods, validation."""
 
-import importlib.util
 import os
 
 import flax
@@ -21,10 +20,18 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 
 
 def load_config(name: str, arg: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.from_file(f"{os.path.join(ROOT, 'configs', name)}:{arg}")
+
+
+def override(c: ml_collections.ConfigDict, **kw) -> ml_collections.ConfigDict:
+  """``override(c, iaa__start_epoch=1)`` sets ``c.iaa.start_epoch = 1``."""
+  for k, v in kw.items():
+    node = c
+    *path, last = k.split("__")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
 
 
 def tiny(method="idml+iaa", loss="multi_similarity", **kw) -> ml_collections.ConfigDict:
@@ -37,12 +44,7 @@ def tiny(method="idml+iaa", loss="multi_similarity", **kw) -> ml_collections.Con
   c.model.embedding_dim = 16
   c.eval.batch_size = 64
   c.optimizer.lr = 1e-3
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split("__")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  override(c, **kw)
   return c
 
 

@@ -77,6 +77,8 @@ def train_batches(source, sampler: Callable[[int], np.ndarray], *, image_size: i
   transform = transform or transforms.train_transform
   rows = _local_rows(sampler.batch_size, process_index, process_count)
   local = len(rows)
+  logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
+               process_index, process_count, rows.start, rows.stop, sampler.batch_size)
   skipped = skipped or SkipCounter()
   labels = source.labels
 

@@ -72,7 +72,7 @@ def scann_searcher(database: np.ndarray, k: int, approximate: bool = False):
           .reorder(max(2 * k, 100)).build())
 
 
-def _drop_self(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_self(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   """Removes each row's own index from k+1 results (or the last one if absent)."""
   rows = np.arange(indices.shape[0])[:, None]
   is_self = indices == rows
@@ -91,7 +91,7 @@ def _scann_search(queries, database, k, exclude_self, approximate):
       np.ascontiguousarray(queries, np.float32), final_num_neighbors=kk)
   indices = indices.astype(np.int64)
   if exclude_self:
-    scores, indices = _drop_self(scores, indices, k)
+    scores, indices = drop_self(scores, indices, k)
   return scores, indices
 
 

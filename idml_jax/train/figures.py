@@ -26,23 +26,25 @@ def training_curves(workdir: str, metric: str = "recall@1") -> str:
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-  path = os.path.join(workdir, "training_curves.png")
   fig.tight_layout()
+  return _save(fig, workdir, "training_curves.png")
+
+
+def _save(fig: Figure, workdir: str, name: str) -> str:
+  path = os.path.join(workdir, name)
   fig.savefig(path, dpi=100)
   return path
 
 
-def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int = 5,
-                   size: int = 96) -> str:
-  """Queries (left) with their top-k neighbours; green = same class, red = other."""
-  x = l2_normalize_np(emb["semantic"])
-  queries = np.linspace(0, len(x) - 1, num_queries).astype(int)
-  _, nbr = knn.jax_search(x[queries], x, k + 1)
-  fig = Figure(figsize=(1.6 * (k + 1), 1.6 * num_queries))
-  axes = fig.subplots(num_queries, k + 1)
+def neighbour_grid(emb: dict, source, queries: np.ndarray, neighbours: np.ndarray, k: int = 5,
+                   size: int = 96) -> Figure:
+  """Queries (rows, left) with their first ``k`` neighbours other than themselves; green =
+  same class, red = other. ``queries`` [Q] and ``neighbours`` [Q, >= k + 1] index ``emb``."""
+  fig = Figure(figsize=(1.6 * (k + 1), 1.6 * len(queries)))
+  axes = fig.subplots(len(queries), k + 1, squeeze=False)
   load = lambda i: eval_transform(source.load(int(emb["index"][i])), size, size)
   for r, q in enumerate(queries):
-    row = [q] + [j for j in nbr[r] if j != q][:k]
+    row = [q] + [j for j in neighbours[r] if j != q][:k]
     for c, j in enumerate(row):
       ax = axes[r, c]
       ax.imshow(load(j))
@@ -54,21 +56,33 @@ def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int
         spine.set_linewidth(3)
       if c == 0:
         ax.set_ylabel("query")
-  path = os.path.join(workdir, "retrieval_grid.png")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return path
+  return fig
 
 
-def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
-  """Recall@1 (classification: top-1) failure rate per uncertainty quantile bin (IDML only)."""
+def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int = 5,
+                   size: int = 96) -> str:
+  """``retrieval_grid.png``: evenly spaced queries and their top-k neighbours."""
+  x = l2_normalize_np(emb["semantic"])
+  queries = np.linspace(0, len(x) - 1, num_queries).astype(int)
+  _, nbr = knn.jax_search(x[queries], x, k + 1)
+  return _save(neighbour_grid(emb, source, queries, nbr, k, size), workdir,
+               "retrieval_grid.png")
+
+
+def error_rate_by_uncertainty(emb: dict, bins: int = 5) -> np.ndarray:
+  """Recall@1 (classification: top-1) failure rate [bins] per uncertainty quantile bin."""
   u = emb["uncertainty_norm"]
-  if not np.any(u):
-    return None
   fail = (emb["first_hit_rank"] > 0).astype(float)
   edges = np.quantile(u, np.linspace(0, 1, bins + 1))
   which = np.clip(np.searchsorted(edges, u, side="right") - 1, 0, bins - 1)
-  rate = [fail[which == b].mean() if np.any(which == b) else np.nan for b in range(bins)]
+  return np.asarray([fail[which == b].mean() if np.any(which == b) else np.nan
+                     for b in range(bins)])
+
+
+def uncertainty_figure(emb: dict, bins: int = 5) -> Figure:
+  """The uncertainty's histogram and :func:`error_rate_by_uncertainty`."""
+  u, rate = emb["uncertainty_norm"], error_rate_by_uncertainty(emb, bins)
   fig = Figure(figsize=(10, 3.5))
   axes = fig.subplots(1, 2)
   axes[0].hist(u, bins=30)
@@ -76,7 +90,12 @@ def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
   axes[1].bar(range(bins), rate)
   axes[1].set_xticks(range(bins), [f"Q{b + 1}" for b in range(bins)])
   axes[1].set_title("error rate (R@1 / top-1) by uncertainty quantile")
-  path = os.path.join(workdir, "uncertainty_vs_error.png")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return path
+  return fig
+
+
+def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
+  """``uncertainty_vs_error.png`` (IDML methods only: None without an uncertainty)."""
+  if not np.any(emb["uncertainty_norm"]):
+    return None
+  return _save(uncertainty_figure(emb, bins), workdir, "uncertainty_vs_error.png")

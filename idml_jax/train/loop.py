@@ -94,10 +94,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                what, config.data.name, num_classes,
                len(train_source), config.num_epochs, steps_per_epoch, mesh.size)
 
-  local = config.batch_size // jax.process_count()
-  logging.info("Process %d of %d loads rows [%d, %d) of every global batch of %d.",
-               jax.process_index(), jax.process_count(), jax.process_index() * local,
-               (jax.process_index() + 1) * local, config.batch_size)
   batches = data.train_batches(
       train_source, sampler, image_size=config.data.image_size, seed=config.seed,
       start_step=start, num_steps=total_steps - start, process_index=jax.process_index(),
