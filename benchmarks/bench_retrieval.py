@@ -37,7 +37,7 @@ def main():
   p.add_argument("--dataset", default="sop_test")
   p.add_argument("--noise", type=float, default=2.2)  # R@1 ~0.79 on sop_test.
   p.add_argument("--backends", default="exact,scann,scann_ah")
-  p.add_argument("--block", type=int, default=2048)
+  p.add_argument("--block", type=int, default=4096)
   p.add_argument("--intrinsic-dim", type=int, default=None)
   args = p.parse_args()
   x, y = clustered_embeddings(args.dataset, noise=args.noise, intrinsic_dim=args.intrinsic_dim)

@@ -17,6 +17,7 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from idml_jax.similarity import squared_distances
 from idml_jax.top_k import top_k
@@ -101,64 +102,121 @@ def class_weight(b: jax.Array, beta: float = 0.1, tau: float = 40.0) -> jax.Arra
   return jnp.where(b < tau, 1.0 / (1.0 + jnp.log1p(beta * (b1 - 1.0))), 0.0)
 
 
-def _normalised_at(sq: jax.Array, valid: jax.Array, nbr: jax.Array) -> jax.Array:
-  """Min-max normalised distances (over the valid entries of each row) at columns ``nbr``.
+def _circulant_blocks(num_classes: int, block_size: int) -> tuple[int, int, int]:
+  """``(num_blocks, block, half)`` for the symmetric pass of :func:`neighbor_covariance`.
 
-  Works on squared distances: sqrt is monotonic, so only the row's extremes and the
-  gathered entries are square-rooted. [b, C], [b, C], [b, k] -> [b, k].
+  Row block ``i`` is compared with blocks ``i, i+1, …, i+half-1`` (mod ``num_blocks``);
+  with an odd number of blocks every unordered pair of blocks meets exactly once.
   """
-  lo = jnp.sqrt(jnp.min(jnp.where(valid, sq, jnp.inf), axis=1, keepdims=True))
-  hi = jnp.sqrt(jnp.max(jnp.where(valid, sq, -jnp.inf), axis=1, keepdims=True))
-  d = jnp.sqrt(jnp.take_along_axis(sq, nbr, axis=1))
+  nb = -(-num_classes // block_size)
+  if nb > 1 and nb % 2 == 0:
+    nb += 1
+  return nb, -(-num_classes // nb), nb // 2 + 1
+
+
+def _masked_extremes(sq: jax.Array, valid: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  return (jnp.min(jnp.where(valid, sq, jnp.inf), axis=axis),
+          jnp.max(jnp.where(valid, sq, -jnp.inf), axis=axis))
+
+
+def _normalise(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+  """Min-max normalised distances from squared ones (sqrt is monotonic). [b, k], [b], [b]."""
+  lo, hi = jnp.sqrt(lo)[:, None], jnp.sqrt(hi)[:, None]
   span = hi - lo
-  return jnp.where(span > 0, (d - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+  return jnp.where(span > 0, (jnp.sqrt(sq_at) - lo) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("num_neighbors", "block_size"))
 def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
                         num_neighbors: int = 25, sigma_mean: float = 1.0,
-                        sigma_cov: float = 1.0, block_size: int = 1024) -> jax.Array:
+                        sigma_cov: float = 1.0, block_size: int = 1536) -> jax.Array:
   """``Sigma_k^nb``: covariance borrowed from each class's K nearest classes (§2.2).
 
   Neighbours are the classes ``j != k`` with ``b_j > 1`` nearest in
   ``Dm_kj = ||m_k² - m_j²||``; weights ``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))``
   with ``Dcv_kj = ||Sigma_k - Sigma_j||`` and ``~`` a min-max normalisation over the
-  valid entries of row k. Rows are processed in blocks, so memory is O(block × C).
+  valid entries of row k.
+
+  Both C×C distance matrices are symmetric, so each pair of classes is computed once:
+  row block i meets the next ``half`` blocks (circulant order) and every [block, half·block]
+  tile serves its rows (row minima/maxima, top-K) and, read down its columns, the
+  classes of the other blocks. Memory is O(block × half·block), never C×C.
 
   Args:
     mean: [C, D]; covariance: [C, D]; b: [C] counts of the pass.
   Returns:
     [C, D] neighbour covariance (the global covariance-free part of Eq. 15).
   """
-  num_classes = mean.shape[0]
+  num_classes, dim = mean.shape
+  nb, block, half = _circulant_blocks(num_classes, block_size)
+  padded = nb * block
+  width = half * block
   k = min(num_neighbors, num_classes)
-  mean_sq = jnp.square(mean)
-  eligible = b > 1
-  pad = (-num_classes) % block_size if num_classes > block_size else 0
-  block = min(block_size, num_classes)
-  rows = jnp.arange(num_classes + pad)
+  k_row, k_col = min(k, width), min(k, block)
+  pad = lambda x, v=0.0: jnp.concatenate(
+      [x, jnp.full((padded - num_classes,) + x.shape[1:], v, x.dtype)])
+  mean_sq, cov = pad(jnp.square(mean)), pad(covariance)
+  eligible = pad(b > 1, False)  # Singletons and padding are nobody's neighbour.
+  twice = lambda x: jnp.concatenate([x, x])  # Columns wrap around.
+  mean_sq2, cov2, eligible2 = twice(mean_sq), twice(cov), twice(eligible)
+  ids2 = twice(jnp.arange(padded))
 
-  def one_block(start):
-    idx = jax.lax.dynamic_slice_in_dim(rows, start, block)
-    safe = jnp.minimum(idx, num_classes - 1)
-    sq_mean = squared_distances(mean_sq[safe], mean_sq)  # [block, C]
-    sq_cov = squared_distances(covariance[safe], covariance)
-    valid = eligible[None, :] & (safe[:, None] != jnp.arange(num_classes)[None, :])
-    _, nbr = top_k(jnp.where(valid, -sq_mean, -jnp.inf), k)  # [block, k]
-    nbr_valid = jnp.take_along_axis(valid, nbr, axis=1)
-    dm = _normalised_at(sq_mean, valid, nbr)
-    dc = _normalised_at(sq_cov, valid, nbr)
-    w = b[nbr] * jnp.exp(-jnp.square(dm) / (2 * sigma_mean**2)
-                         - jnp.square(dc) / (2 * sigma_cov**2))
-    w = jnp.where(nbr_valid, w, 0.0)
+  def tile(i):
+    r0 = i * block
+    rows = r0 + jnp.arange(block)
+    col_ids = jax.lax.dynamic_slice_in_dim(ids2, r0, width)
+    sq_m = squared_distances(jax.lax.dynamic_slice_in_dim(mean_sq, r0, block),
+                             jax.lax.dynamic_slice_in_dim(mean_sq2, r0, width))
+    sq_c = squared_distances(jax.lax.dynamic_slice_in_dim(cov, r0, block),
+                             jax.lax.dynamic_slice_in_dim(cov2, r0, width))
+    distinct = rows[:, None] != col_ids[None, :]
+    # Rows of this block against all its columns.
+    valid = distinct & jax.lax.dynamic_slice_in_dim(eligible2, r0, width)[None, :]
+    nbr_m, pos = top_k(jnp.where(valid, -sq_m, -jnp.inf), k_row)
+    row = (*_masked_extremes(sq_m, valid, 1), *_masked_extremes(sq_c, valid, 1),
+           nbr_m, col_ids[pos])
+    # Columns of the other blocks against this block's rows.
+    valid = (distinct & jax.lax.dynamic_slice_in_dim(eligible, r0, block)[:, None])[:, block:]
+    nbr_m, pos = top_k(jnp.where(valid, -sq_m[:, block:], -jnp.inf), k_col, axis=0)
+    col = (*_masked_extremes(sq_m[:, block:], valid, 0),
+           *_masked_extremes(sq_c[:, block:], valid, 0), nbr_m, r0 + pos)
+    return row, col
+
+  row, col = jax.lax.map(tile, jnp.arange(nb))
+  lo_m, hi_m, lo_c, hi_c, cand, cand_ids = (r.reshape(padded, *r.shape[2:]) for r in row)
+  if half > 1:
+    # Class c of block j is a column of block (j - t) mod nb at offset t = 1..half-1.
+    c = np.arange(padded)[:, None]
+    t = np.arange(1, half)[None, :]
+    src = ((c // block - t) % nb, t - 1, c % block)
+    col = [x.reshape(nb, half - 1, block, *x.shape[2:])[src] for x in col]  # [C', half-1, …]
+    lo_m, lo_c = jnp.minimum(lo_m, col[0].min(1)), jnp.minimum(lo_c, col[2].min(1))
+    hi_m, hi_c = jnp.maximum(hi_m, col[1].max(1)), jnp.maximum(hi_c, col[3].max(1))
+    cand = jnp.concatenate([cand, col[4].reshape(padded, -1)], axis=1)
+    cand_ids = jnp.concatenate([cand_ids, col[5].reshape(padded, -1)], axis=1)
+  if cand.shape[1] < k:  # Fewer candidates than neighbours: pad with invalid ones.
+    cand = jnp.pad(cand, ((0, 0), (0, k - cand.shape[1])), constant_values=-jnp.inf)
+    cand_ids = jnp.pad(cand_ids, ((0, 0), (0, k - cand_ids.shape[1])))
+  neg_sq_m, pos = jax.lax.top_k(cand, k)
+  nbr = jnp.take_along_axis(cand_ids, pos, axis=1)  # [C', k]
+  nbr_valid = neg_sq_m > -jnp.inf
+
+  def weighted(i):
+    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block, block)
+    ids = sl(nbr)
+    cov_nbr = cov[ids]  # [block, k, D]
+    sq_c = jnp.sum(jnp.square(sl(cov)[:, None, :] - cov_nbr), axis=-1)
+    dm = _normalise(jnp.maximum(-sl(neg_sq_m), 0.0), sl(lo_m), sl(hi_m))
+    dc = _normalise(sq_c, sl(lo_c), sl(hi_c))
+    w = b[jnp.minimum(ids, num_classes - 1)] * jnp.exp(
+        -jnp.square(dm) / (2 * sigma_mean**2) - jnp.square(dc) / (2 * sigma_cov**2))
+    w = jnp.where(sl(nbr_valid), w, 0.0)
     total = jnp.sum(w, axis=1, keepdims=True)
-    cov_nb = jnp.einsum("bk,bkd->bd", w, covariance[nbr]) / jnp.maximum(total, 1e-30)
-    return cov_nb, total[:, 0] > 0
+    return jnp.einsum("bk,bkd->bd", w, cov_nbr) / jnp.maximum(total, 1e-30), total[:, 0] > 0
 
-  starts = jnp.arange(0, num_classes + pad, block)
-  cov_nb, has_nbr = jax.lax.map(one_block, starts)
-  cov_nb = cov_nb.reshape(-1, mean.shape[1])[:num_classes]
-  has_nbr = has_nbr.reshape(-1)[:num_classes]
+  cov_nb, has_nbr = jax.lax.map(weighted, jnp.arange(nb))
+  cov_nb = cov_nb.reshape(padded, dim)[:num_classes]
+  has_nbr = has_nbr.reshape(padded)[:num_classes]
   # A class with no eligible neighbour keeps its own covariance here.
   return jnp.where(has_nbr[:, None], cov_nb, covariance)
 

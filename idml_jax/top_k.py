@@ -4,6 +4,8 @@
 Splitting each row into groups of ``group`` columns, the k largest values all lie in
 the k groups with the largest maxima; the final ``top_k`` then runs over ``k·group``
 candidates instead of the whole row. Exact (ties may pick other equal elements).
+Along axis 0 of a matrix the same works without transposing it: only the
+``k·group`` candidates per column are transposed.
 """
 
 from __future__ import annotations
@@ -12,17 +14,59 @@ import jax
 import jax.numpy as jnp
 
 
-def top_k(x: jax.Array, k: int, group: int = 32) -> tuple[jax.Array, jax.Array]:
-  """Largest k values along the last axis and their indices. [..., n] -> [..., k] ×2."""
-  n = x.shape[-1]
+def _grouped_candidates(x: jax.Array, k: int, axis: int,
+                        group: int) -> tuple[jax.Array, jax.Array] | None:
+  """Members of the k groups with the largest maxima along ``axis`` of a 2-D ``x``.
+
+  Returns ``(values, positions)``, both [other, k·group] (positions index ``axis``),
+  or None where grouping would not shrink the problem.
+  """
+  n = x.shape[axis]
   if k * group * 2 > n:
-    return jax.lax.top_k(x, k)
-  pad = (-n) % group
-  if pad:
-    x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (pad,), -jnp.inf, x.dtype)], axis=-1)
-  g = x.reshape(x.shape[:-1] + (-1, group))
-  _, best = jax.lax.top_k(jnp.max(g, axis=-1), k)  # [..., k] group ids.
-  cand = jnp.take_along_axis(g, best[..., None], axis=-2).reshape(x.shape[:-1] + (k * group,))
-  values, pos = jax.lax.top_k(cand, k)
-  index = jnp.take_along_axis(best, pos // group, axis=-1) * group + pos % group
-  return values, index
+    return None
+  if n % group:
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (0, (-n) % group)
+    x = jnp.pad(x, pad, constant_values=-jnp.inf)
+  if axis == 1:
+    g = x.reshape(x.shape[0], -1, group)
+    _, best = jax.lax.top_k(jnp.max(g, axis=2), k)  # [rows, k] group ids.
+    values = jnp.take_along_axis(g, best[:, :, None], axis=1).reshape(x.shape[0], k * group)
+  else:
+    g = x.reshape(-1, group, x.shape[1])
+    _, best = jax.lax.top_k(jnp.max(g, axis=1).T, k)  # [cols, k] group ids.
+    values = jnp.take_along_axis(g, best.T[:, None, :], axis=0)  # [k, group, cols]
+    values = values.reshape(k * group, x.shape[1]).T
+  positions = (best[:, :, None] * group + jnp.arange(group)).reshape(best.shape[0], k * group)
+  return values, jnp.minimum(positions, n - 1)  # Padding (-inf) points at a real index.
+
+
+def top_k(x: jax.Array, k: int, group: int = 32, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+  """Largest k values along ``axis`` and their indices.
+
+  [..., n] -> [..., k] ×2 for ``axis=-1``; [n, m] -> [m, k] ×2 for ``axis=0`` (one row
+  per column of x).
+  """
+  if axis == -1 and x.ndim > 2:
+    lead = x.shape[:-1]
+    values, index = top_k(x.reshape(-1, x.shape[-1]), k, group)
+    return values.reshape(lead + (k,)), index.reshape(lead + (k,))
+  axis = axis % x.ndim
+  grouped = _grouped_candidates(x, k, axis, group) if x.ndim == 2 else None
+  if grouped is None:
+    return jax.lax.top_k(x if axis == x.ndim - 1 else x.T, k)
+  values, positions = grouped
+  values, pos = jax.lax.top_k(values, k)
+  return values, jnp.take_along_axis(positions, pos, axis=1)
+
+
+def candidates(x: jax.Array, k: int, axis: int, group: int = 32) -> jax.Array:
+  """Values of a 2-D ``x`` that include the k largest along ``axis``, without transposing x.
+
+  Returns [other, k·group] (or the whole of x, moved to the last axis, when that is not
+  smaller); a ``lax.top_k`` over them gives the exact top k.
+  """
+  grouped = _grouped_candidates(x, k, axis, group)
+  if grouped is None:
+    return x if axis == 1 else x.T
+  return grouped[0]

@@ -2,6 +2,8 @@
 
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
@@ -55,3 +57,17 @@ def test_bad_input_is_refused():
     clustering.clustering_metrics(np.ones((4, 2)), np.arange(3))
   with pytest.raises(ValueError, match="valid"):
     clustering.clustering_metrics(np.ones((4, 2)), np.arange(4), backend="faiss")
+
+
+def test_kmeans_plus_plus_samples_proportional_to_squared_distance():
+  # Points 0, 1, 3 on a line: the first centre is uniform, the second is drawn with
+  # probability D(x)² / sum D² from the first (trials=1: plain k-means++).
+  pts = np.array([0.0, 1.0, 3.0])
+  keys = jax.random.split(jax.random.PRNGKey(0), 6000)
+  draw = jax.jit(jax.vmap(lambda k: clustering.kmeans_plus_plus(k, jnp.asarray(pts[:, None]),
+                                                                2, 1, 1)[:, 0]))
+  freq = np.zeros((3, 3))
+  for a, b in np.asarray(draw(keys)):
+    freq[np.argmin(np.abs(pts - a)), np.argmin(np.abs(pts - b))] += 1
+  want = np.array([(pts - p) ** 2 / np.sum((pts - p) ** 2) / 3 for p in pts])
+  np.testing.assert_allclose(freq / len(keys), want, atol=0.02)

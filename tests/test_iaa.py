@@ -69,7 +69,7 @@ def _naive_correction(mean, cov, b, k_nbr=25, beta=0.1, tau=40, gamma=0.1):
   return out
 
 
-@pytest.mark.parametrize("block_size", [1024, 7, 4])  # One tile; padded tiles; tiles < K.
+@pytest.mark.parametrize("block_size", [1024, 15, 10, 7, 4])  # 1, 3 (from 2), 3, 5, 9 blocks.
 def test_neighbor_correction_matches_naive(block_size, monkeypatch):
   rng = np.random.default_rng(1)
   c, d = 30, 4

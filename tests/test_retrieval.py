@@ -96,3 +96,19 @@ def test_public_evaluate_api_all_metrics_in_one_call():
   assert set(qg) == {"recall@1", "recall@2", "r_precision", "map@r"}
   with pytest.raises(ValueError, match="NaN|finite"):
     evaluate.retrieval_metrics(np.full((4, 2), np.nan), np.arange(4) % 2)
+
+
+@pytest.mark.parametrize("gallery", [False, True])
+def test_exact_grouped_candidates_match_naive(gallery):
+  # Blocks of 256 with classes of <= 3 other items: the grouped top-P candidates are used.
+  rng = np.random.default_rng(9)
+  y = np.repeat(np.arange(200), 3)[:560]
+  x = (rng.standard_normal((200, 16))[y] + rng.standard_normal((560, 16))).astype(np.float32)
+  if gallery:
+    q, ql, g, gl = x[::2], y[::2], x[1::2], y[1::2]
+    want = naive.retrieval(q, ql, g, gl, (1, 10, 100), all_vs_all=False)
+    got = retrieval_metrics(q, ql, g, gl, ks=(1, 10, 100), block_size=256)
+  else:
+    want = naive.retrieval(x, y, x, y, (1, 10, 100), all_vs_all=True)
+    got = retrieval_metrics(x, y, ks=(1, 10, 100), block_size=256)
+  assert got == pytest.approx(want, abs=1e-9)

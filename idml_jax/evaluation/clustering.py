@@ -52,10 +52,11 @@ def kmeans_plus_plus(key: jax.Array, x: jax.Array, k: int, batch: int, trials: i
 
   def one_round(r, carry):
     centres, d2 = carry
-    logits = jnp.where(d2 > 0, jnp.log(jnp.maximum(d2, 1e-30)), -jnp.inf)
-    cand = jax.random.categorical(jax.random.fold_in(key, r + 1), logits,
-                                  shape=(batch, trials))
-    cand = jnp.where(jnp.isfinite(jnp.max(logits)), cand, 0)  # All points already centres.
+    # Sampling ∝ D² by inverse CDF: O(N) per round, where a Gumbel-max categorical
+    # would draw N random numbers per candidate.
+    cdf = jnp.cumsum(d2)
+    u = jax.random.uniform(jax.random.fold_in(key, r + 1), (batch, trials)) * cdf[-1]
+    cand = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), n - 1)
     dist = jnp.maximum(x_sq[:, None] + x_sq[cand.reshape(-1)][None, :]
                        - 2 * x @ x[cand.reshape(-1)].T, 0.0).reshape(n, batch, trials)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idml_jax.evaluation import knn
-from idml_jax.top_k import top_k
+from idml_jax.top_k import candidates
 
 RETRIEVAL_BACKENDS = ("exact",) + tuple(knn.SEARCH_BACKENDS)
 _NO_RANK = np.iinfo(np.int32).max
@@ -96,33 +96,33 @@ def _relevant_scores(q: jax.Array, gallery: jax.Array, rel: jax.Array) -> jax.Ar
   return jnp.where(rel >= 0, s, -jnp.inf)
 
 
-def _accumulate(s, best, top_neg, rel_local):
-  """Adds one [bq, bg] similarity block to a query block's accumulators.
+def _accumulate(s, best, top_neg, axis):
+  """Adds one similarity block to a query block's accumulators along ``axis``.
 
-  ``rel_local``: [bq, P'] column of each same-class item (and the query itself) in
-  this block, or an out-of-range index; those entries are set to -inf, so only
-  other-class items remain. ``count``: other-class items scoring above the best
-  relevant item (the exact rank of the first hit, for Recall@K with any K).
-  ``top_neg``: the P best other-class scores so far, enough to rank every relevant
-  item that can lie within the top R <= P.
+  ``s`` holds -inf at same-class pairs (and the query itself), so only other-class
+  items remain. ``count``: other-class items scoring above the best relevant item
+  (the exact rank of the first hit, for Recall@K with any K). ``top_neg``: the P best
+  other-class scores so far, enough to rank every relevant item that can lie within
+  the top R <= P.
   """
-  rows = jnp.arange(s.shape[0])[:, None]
-  s = s.at[rows, rel_local].set(-jnp.inf, mode="drop")
-  count = jnp.sum(s > best[:, None], axis=1, dtype=jnp.int32)
+  b = best[:, None] if axis == 1 else best[None, :]
+  count = jnp.sum(s > b, axis=axis, dtype=jnp.int32)
   k = top_neg.shape[1]
-  merged = jnp.concatenate([top_neg, top_k(s, k)[0]], axis=1)
+  merged = jnp.concatenate([top_neg, candidates(s, k, axis)], axis=1)
   return count, jax.lax.top_k(merged, k)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("symmetric",), donate_argnums=(1, 2, 6, 7))
-def _block_update(qa, count_a, top_a, best_a, rel_a, qb, count_b, top_b, best_b, rel_b,
-                  col_bias, symmetric: bool):
-  """One block of the similarity matrix; ``col_bias`` is -inf on padded columns."""
-  s = qa @ qb.T + col_bias[None, :]
-  c, top_a = _accumulate(s, best_a, top_a, rel_a)
+@functools.partial(jax.jit, static_argnames=("symmetric",), donate_argnums=(2, 3, 7, 8))
+def _block_update(qa, la, count_a, top_a, best_a, qb, lb, count_b, top_b, best_b, col_bias,
+                  symmetric: bool):
+  """One block of the similarity matrix: queries ``qa`` (labels ``la``) against gallery
+  items ``qb`` (``lb``) and, if ``symmetric``, the transpose. ``col_bias`` is -inf on
+  padded columns."""
+  s = jnp.where(la[:, None] == lb[None, :], -jnp.inf, qa @ qb.T + col_bias[None, :])
+  c, top_a = _accumulate(s, best_a, top_a, axis=1)
   count_a = count_a + c
   if symmetric:
-    c, top_b = _accumulate(s.T, best_b, top_b, rel_b)
+    c, top_b = _accumulate(s, best_b, top_b, axis=0)
     count_b = count_b + c
   return count_a, top_a, count_b, top_b
 
@@ -135,7 +135,7 @@ def _pad_rows(x: np.ndarray, n: int, value) -> np.ndarray:
 def exact_relevant_ranks(query: np.ndarray, query_labels: np.ndarray,
                          gallery: np.ndarray | None = None,
                          gallery_labels: np.ndarray | None = None,
-                         block_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+                         block_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
   """Ranks of each query's relevant items, exactly, without a top-K over the gallery.
 
   One pass over the similarity matrix in ``block_size`` squares (in all-vs-all mode
@@ -159,9 +159,10 @@ def exact_relevant_ranks(query: np.ndarray, query_labels: np.ndarray,
   q = jnp.asarray(_pad_rows(query, nqp, 0.0))
   g = q if all_vs_all else jnp.asarray(_pad_rows(gallery, ngp, 0.0))
   col_bias = jnp.where(jnp.arange(ngp) < ng, 0.0, -jnp.inf)
-  # Same-class items to mask out of each block: the relevant ones and the query itself.
-  own = np.arange(nq)[:, None] if all_vs_all else np.full((nq, 1), -1)
-  masked = jnp.asarray(_pad_rows(np.concatenate([rel, own], axis=1), nqp, -1))
+  # Same-class pairs (the relevant items and the query itself) are masked by label;
+  # padding rows get label -1, which no real item has.
+  lq = jnp.asarray(_pad_rows(query_labels, nqp, -1))
+  lg = lq if all_vs_all else jnp.asarray(_pad_rows(gallery_labels, ngp, -1))
   rel_p = jnp.asarray(_pad_rows(rel, nqp, -1))
   nb_q, nb_g = nqp // block, ngp // block
   sl = lambda i: slice(i * block, (i + 1) * block)
@@ -170,17 +171,12 @@ def exact_relevant_ranks(query: np.ndarray, query_labels: np.ndarray,
   best = [r[:, 0] for r in rel_scores]
   counts = [jnp.zeros((block,), jnp.int32) for _ in range(nb_q)]
   tops = [jnp.full((block, width), -jnp.inf, jnp.float32) for _ in range(nb_q)]
-  # Column of each masked item within gallery block j (JAX wraps negative indices).
-  def local(i, j):
-    col = masked[sl(i)] - j * block
-    return jnp.where((col >= 0) & (col < block), col, block)  # block = out of range: dropped.
-
   for i in range(nb_q):
     for j in range(i if all_vs_all else 0, nb_g):
       sym = all_vs_all and j != i
-      out = _block_update(q[sl(i)], counts[i], tops[i], best[i], local(i, j), g[sl(j)],
-                          counts[j] if sym else None, tops[j] if sym else None,
-                          best[j] if sym else None, local(j, i) if sym else None,
+      out = _block_update(q[sl(i)], lq[sl(i)], counts[i], tops[i], best[i],
+                          g[sl(j)], lg[sl(j)], counts[j] if sym else None,
+                          tops[j] if sym else None, best[j] if sym else None,
                           col_bias[sl(j)], sym)
       counts[i], tops[i] = out[0], out[1]
       if sym:
@@ -228,7 +224,7 @@ def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray,
                       gallery: np.ndarray | None = None,
                       gallery_labels: np.ndarray | None = None, *,
                       ks=(1, 2, 4, 8), backend: str = "exact",
-                      normalize: bool = True, block_size: int = 2048,
+                      normalize: bool = True, block_size: int = 4096,
                       per_query: bool = False):
   """Recall@K, R-Precision and MAP@R of cosine retrieval.
 
