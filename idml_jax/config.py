@@ -14,7 +14,7 @@ import ml_collections
 
 from idml_jax import losses
 from idml_jax.data import SOURCES
-from idml_jax.evaluation import RETRIEVAL_BACKENDS
+from idml_jax.evaluation import KMEANS_BACKENDS, RETRIEVAL_BACKENDS
 from idml_jax.models import BACKBONES
 
 METHODS = ("baseline", "idml", "iaa", "idml+iaa")
@@ -102,6 +102,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.ks = (1, 2, 4, 8)
   c.eval.backend = "exact"
   c.eval.nmi = True
+  c.eval.kmeans = "jax"  # For NMI/F1: jax (scikit-learn's algorithm), jax_plain, sklearn.
   c.eval.batch_size = 128
   c.eval.at_start = False  # Also evaluate the untrained model (results.json "untrained").
 
@@ -160,6 +161,7 @@ _CHOICES = {
     "optimizer.schedule": ("step", "multistep"),
     "iaa.correction": ("auto", "on", "off"),
     "eval.backend": RETRIEVAL_BACKENDS,
+    "eval.kmeans": tuple(KMEANS_BACKENDS),
 }
 _FREE = ("loss.kwargs",)  # Sub-dicts whose keys are not fixed by the schema.
 

@@ -12,7 +12,7 @@ from idml_jax.evaluation import retrieval_metrics as _retrieval
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(1, 2, 4, 8),
-                      backend: str = "exact", clustering: bool = True,
+                      backend: str = "exact", clustering: bool = True, kmeans: str = "jax",
                       seed: int = 0) -> dict[str, float]:
   """All-vs-all metrics of embeddings [N, D] with labels [N], each query excluded from its own
   neighbours: ``recall@K`` for K in ``recall_ks``, ``r_precision``, ``map@r`` and (with
@@ -20,10 +20,11 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(
   fractions in [0, 1]; embeddings are L2-normalised first.
 
   ``backend``: ``exact`` (rank counting, no top-k), ``jax``, ``scann`` or ``scann_ah``.
+  ``kmeans``: ``jax`` (scikit-learn's greedy k-means++, then Lloyd), ``jax_plain`` or ``sklearn``.
   """
   out = _retrieval(embeddings, labels, ks=tuple(recall_ks), backend=backend)
   if clustering:
-    out.update(clustering_metrics(embeddings, labels, seed=seed))
+    out.update(clustering_metrics(embeddings, labels, backend=kmeans, seed=seed))
   return out
 
 

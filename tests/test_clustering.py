@@ -24,12 +24,13 @@ def test_pairwise_f1_matches_enumerated_pairs():
   assert clustering.pairwise_f1(labels, clusters) == pytest.approx(2 * p * r / (p + r))
 
 
-def test_kmeans_is_a_local_optimum_and_recovers_clear_clusters():
+@pytest.mark.parametrize("trials", [None, 1])  # Greedy (backend jax) and plain (jax_plain).
+def test_kmeans_is_a_local_optimum_and_recovers_clear_clusters(trials):
   rng = np.random.default_rng(1)
   centres = rng.standard_normal((6, 5)) * 10
   y = np.repeat(np.arange(6), 30)
   x = (centres[y] + rng.standard_normal((180, 5))).astype(np.float32)
-  assign = clustering.kmeans(x, 6, seed=0, block=64)
+  assign = clustering.kmeans(x, 6, seed=0, block=64, trials=trials)
   assert normalized_mutual_info_score(y, assign) == pytest.approx(1.0)
   # Lloyd fixed point: every point is nearest to its own cluster's mean.
   means = np.stack([x[assign == k].mean(0) for k in range(6)])

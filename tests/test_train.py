@@ -191,6 +191,7 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     (lambda c: c.update({"method": "iaa"}), "pair losses"),
     (lambda c: c.data.update({"source": "folder"}), "--config.data.data_dir"),
     (lambda c: c.model.update({"backbone": "vit"}), "resnet50"),
+    (lambda c: c.eval.update({"kmeans": "faiss"}), "eval.kmeans='faiss'; valid: jax, jax_plain"),
     (lambda c: c.update({"task": "classification", "method": "iaa"}), "baseline .plain"),
     (lambda c: c.update({"task": "classification", "method": "idml"}), "data.sampler=.random."),
 ])

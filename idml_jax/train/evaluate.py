@@ -76,7 +76,8 @@ def evaluate(steps: Steps, state, splits: dict) -> tuple[dict, dict]:
     metrics, ranks = retrieval_metrics(emb["semantic"], emb["labels"], ks=ks,
                                        backend=cfg.eval.backend, per_query=True)
     if cfg.eval.nmi:
-      metrics.update(clustering_metrics(emb["semantic"], emb["labels"], seed=cfg.seed))
+      metrics.update(clustering_metrics(emb["semantic"], emb["labels"], backend=cfg.eval.kmeans,
+                                        seed=cfg.seed))
   if cfg.method in ("idml", "idml+iaa"):
     metrics.update(uncertainty_report(emb["uncertainty_norm"], ranks))
   emb["first_hit_rank"] = ranks
