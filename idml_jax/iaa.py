@@ -194,9 +194,7 @@ def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
     hi_m, hi_c = jnp.maximum(hi_m, col[1].max(1)), jnp.maximum(hi_c, col[3].max(1))
     cand = jnp.concatenate([cand, col[4].reshape(padded, -1)], axis=1)
     cand_ids = jnp.concatenate([cand_ids, col[5].reshape(padded, -1)], axis=1)
-  if cand.shape[1] < k:  # Fewer candidates than neighbours: pad with invalid ones.
-    cand = jnp.pad(cand, ((0, 0), (0, k - cand.shape[1])), constant_values=-jnp.inf)
-    cand_ids = jnp.pad(cand_ids, ((0, 0), (0, k - cand_ids.shape[1])))
+  # At least k candidates: where k_row or k_col were capped, they cover whole tiles.
   neg_sq_m, pos = jax.lax.top_k(cand, k)
   nbr = jnp.take_along_axis(cand_ids, pos, axis=1)  # [C', k]
   nbr_valid = neg_sq_m > -jnp.inf

@@ -52,6 +52,8 @@ def top_k(x: jax.Array, k: int, group: int = 32, axis: int = -1) -> tuple[jax.Ar
     values, index = top_k(x.reshape(-1, x.shape[-1]), k, group)
     return values.reshape(lead + (k,)), index.reshape(lead + (k,))
   axis = axis % x.ndim
+  if axis != x.ndim - 1 and x.ndim != 2:
+    raise ValueError(f"top_k along axis {axis} needs a 2-D array; got shape {x.shape}.")
   grouped = _grouped_candidates(x, k, axis, group) if x.ndim == 2 else None
   if grouped is None:
     return jax.lax.top_k(x if axis == x.ndim - 1 else x.T, k)

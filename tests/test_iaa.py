@@ -69,8 +69,9 @@ def _naive_correction(mean, cov, b, k_nbr=25, beta=0.1, tau=40, gamma=0.1):
   return out
 
 
-@pytest.mark.parametrize("block_size", [1024, 15, 10, 7, 4])  # 1, 3 (from 2), 3, 5, 9 blocks.
-def test_neighbor_correction_matches_naive(block_size, monkeypatch):
+# 1, 3 (from 2), 3, 5, 9 blocks; K = 25 > the 20 columns a block row meets at block size 4.
+@pytest.mark.parametrize("block_size, k", [(1024, 5), (15, 5), (10, 5), (7, 5), (4, 5), (4, 25)])
+def test_neighbor_correction_matches_naive(block_size, k, monkeypatch):
   rng = np.random.default_rng(1)
   c, d = 30, 4
   mean = rng.standard_normal((c, d))
@@ -81,8 +82,8 @@ def test_neighbor_correction_matches_naive(block_size, monkeypatch):
   orig = iaa.neighbor_covariance
   monkeypatch.setattr(iaa, "neighbor_covariance",
                       lambda *a, **kw: orig(*a, **kw, block_size=block_size))
-  got = iaa.neighbor_correction(stats, jnp.float32(b), num_neighbors=5)
-  want = _naive_correction(mean, cov, b, k_nbr=5)
+  got = iaa.neighbor_correction(stats, jnp.float32(b), num_neighbors=k)
+  want = _naive_correction(mean, cov, b, k_nbr=k)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert np.all(np.isfinite(got))
 
