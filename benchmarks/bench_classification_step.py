@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from synthetic import median_step_seconds  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
-from idml_jax.train.state import create, make_model  # noqa: E402
-from idml_jax.train.steps import Steps, make_mesh, replicate, to_global  # noqa: E402
+from idml_jax.train.steps import Steps, make_mesh, to_global  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ("baseline", "ism", "mixup", "idml_mixup", "cutmix", "idml_cutmix")
@@ -36,11 +35,8 @@ def config_for(model: str, row: str, batch: int, dtype: str):
 
 
 def time_step(c, num_classes: int, n: int) -> float:
-  mesh = make_mesh()
-  model = make_model(c, num_classes)
-  state, tx = create(c, model, num_classes, 100)
-  state = replicate(mesh, state)
-  steps = Steps(c, model, tx, mesh)
+  steps = Steps.build(c, num_classes, 100, make_mesh())
+  mesh, state = steps.mesh, steps.fresh_state()
   rng = np.random.default_rng(0)
   s = c.data.image_size
   batch = to_global(mesh, {

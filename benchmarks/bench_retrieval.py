@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import clustered_embeddings  # noqa: E402
 
 from idml_jax.evaluation import retrieval_metrics  # noqa: E402
-from idml_jax.evaluation.retrieval import l2_normalize_np  # noqa: E402
+from idml_jax.ops import l2_normalize_np  # noqa: E402
 
 
 def matmul_floor(x: np.ndarray, block: int = 4096) -> float:
@@ -49,7 +49,7 @@ def main():
   results = {}
   for b in args.backends.split(","):
     t = time.perf_counter()
-    m = retrieval_metrics(x, y, ks=ks, backend=b, block_size=args.block)
+    m = retrieval_metrics(x, y, recall_ks=ks, backend=b, block_size=args.block)
     dt = time.perf_counter() - t
     results[b] = m
     print(f"{b:9s} {dt:7.1f} s  ({dt / floor:.2f}× floor)  " +

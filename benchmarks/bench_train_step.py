@@ -22,8 +22,7 @@ from synthetic import median_step_seconds  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
 from idml_jax.train import objective  # noqa: E402
-from idml_jax.train.state import create, make_model  # noqa: E402
-from idml_jax.train.steps import Steps, make_mesh, replicate, to_global  # noqa: E402
+from idml_jax.train.steps import Steps, make_mesh, to_global  # noqa: E402
 
 
 def config_for(model: str, method: str, batch: int, dtype: str):
@@ -42,11 +41,8 @@ def config_for(model: str, method: str, batch: int, dtype: str):
 
 
 def time_step(c, num_classes, steps_n, trivial: bool):
-  mesh = make_mesh()
-  model = make_model(c)
-  state, tx = create(c, model, num_classes, 100)
-  state = replicate(mesh, state)
-  steps = Steps(c, model, tx, mesh)
+  steps = Steps.build(c, num_classes, 100, make_mesh())
+  mesh, state = steps.mesh, steps.fresh_state()
   if "iaa" in c.method:
     z = np.random.default_rng(0).standard_normal((4 * num_classes, c.model.embedding_dim))
     y = np.repeat(np.arange(num_classes), 4).astype(np.int32)

@@ -6,13 +6,17 @@ tables one argument away.
 DATASET: ``demo`` (shipped: 20 photo classes, 32 px; default), ``cifar10``, ``cifar100``,
 ``imagenet`` (TFDS; prepare with ``python -m idml_jax.data.prepare NAME``).
 ROW: ``baseline``, ``ism``, ``mixup``, ``idml_mixup`` (default), ``cutmix``, ``idml_cutmix``.
-Add ``runlocal`` for a seconds-long smoke run.
+Add ``official`` for the official code's model (a classifier with a bias, whose proxies are
+``fc(I)`` = weight row + bias; a PyTorch-initialised uncertainty head), ``runlocal`` for a
+seconds-long smoke run.
 
 ImageNet-1K, ResNet-50 from scratch, top-1 (the IDML paper): baseline 76.32, ISM 76.94,
 Mixup 77.42, IDML-Mixup 77.95, CutMix 78.60, IDML-CutMix 79.04. The recipe is CutMix's
-(Yun et al. 2019, which the IDML classification code follows): SGD momentum 0.9, lr 0.1 per
-256 images, weight decay 1e-4, 300 epochs, lr ×0.1 at epochs 75/150/225, Beta(1, 1), CutMix
-on every batch; BatchNorm trained. Launch on a v4-32 pod slice::
+(Yun et al. 2019, which the IDML classification code follows): SGD with Nesterov momentum
+0.9, lr 0.1 per 256 images, L2 weight decay 1e-4, 300 epochs, lr ×0.1 at epochs
+75/150/225, Beta(1, 1), CutMix on every batch; random-resized crop, flip, colour jitter
+(0.4, 0.4, 0.4) and PCA lighting (0.1); BatchNorm trained. Meant for a v4-32 pod slice
+(or 8 GPUs)::
 
     bash launch/tpu.sh --name=idml --zone=us-central2-b --accelerator=v4-32 --bucket=B \\
         --config=configs/classification.py:imagenet,idml_cutmix --workdir=/gcs/runs/in_cutmix \\
@@ -28,7 +32,9 @@ paper's PyramidNet numbers (compare rows with each other, not with the paper). L
         --workdir=runs/c100_idml_cutmix --data_dir=$HOME/tensorflow_datasets
 """
 
-from idml_jax.config import default_config, runlocal
+import ml_collections
+
+from idml_jax.config import default_config, parse_arg, runlocal
 
 ROWS = {  # row: (method, mixing)
     "baseline": ("baseline", "none"),
@@ -39,25 +45,33 @@ ROWS = {  # row: (method, mixing)
     "idml_cutmix": ("idml", "cutmix"),
 }
 DATASETS = ("demo", "cifar10", "cifar100", "imagenet")
+PAPER_TOP1 = {"baseline": 0.7632, "ism": 0.7694, "mixup": 0.7742, "idml_mixup": 0.7795,
+              "cutmix": 0.7860, "idml_cutmix": 0.7904}  # ImageNet-1K, ResNet-50.
+
+
+def official(c):
+  """image_classification/code/resnet.py: the classifier has a bias and its proxies are
+  ``fc(I)`` (each class's weight row plus its bias); the uncertainty head keeps PyTorch's
+  default initialisation."""
+  c.classification.bias = True
+  c.model.uncertainty_init = "torch"
+  return c
 
 
 def get_config(arg: str = "demo,idml_mixup"):
-  args = [a for a in arg.split(",") if a]
-  dataset = next((a for a in args if a in DATASETS), "demo")
-  row = next((a for a in args if a in ROWS), "idml_mixup")
-  unknown = set(args) - set(DATASETS) - set(ROWS) - {"runlocal"}
-  if unknown:
-    raise ValueError(f"Unknown config argument(s) {sorted(unknown)}; datasets {DATASETS}, "
-                     f"rows {sorted(ROWS)}, and runlocal.")
+  args = parse_arg(arg, dataset=("demo", DATASETS), row=("idml_mixup", tuple(ROWS)),
+                   flags=("official", "runlocal"))
+  dataset, row = args.dataset, args.row
   c = default_config()
   c.task = "classification"
   c.method, c.classification.mixing = ROWS[row]
   c.classification.alpha = 1.0
-  c.model.train_bn = True
+  c.model.batch_norm = "train"
   c.model.pretrained = ""
   c.data.sampler = "random"
   c.optimizer.name = "sgd"
   c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = True
   c.optimizer.clip_value = 0.0
   c.optimizer.schedule = "multistep"
   c.optimizer.gamma = 0.1
@@ -69,6 +83,8 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.model.backbone = "resnet50"
     c.data.image_size, c.data.resize_size = 224, 256
     c.data.augment = "random_resized_crop"
+    c.data.color_jitter = 0.4
+    c.data.lighting = 0.1
     c.batch_size = 256
     c.num_epochs = 300
     c.optimizer.lr = 0.1 * c.batch_size / 256
@@ -77,6 +93,7 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.classification.cutmix_prob = 1.0
     c.eval.batch_size = 512
     c.log_every_steps = 100
+    c.paper = ml_collections.ConfigDict({"top1": PAPER_TOP1[row]})
   elif dataset in ("cifar10", "cifar100"):
     c.data.source, c.data.name = "tfds", dataset
     c.model.backbone = "resnet18_cifar"  # PyramidNet-200 in the paper: not implemented.
@@ -88,6 +105,7 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.optimizer.weight_decay = 1e-4
     c.optimizer.boundaries = (150, 225)
     c.classification.cutmix_prob = 0.5
+    c.classification.uncertainty_dim = 128  # The official PyramidNet's uncertainty head.
     c.eval.batch_size = 500
     c.log_every_steps = 100
   else:  # The shipped demo: 20 photo classes at 32 px, a few minutes on 2 CPU cores.
@@ -105,7 +123,9 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.eval.batch_size = 100
     c.eval.every_epochs = 5
     c.log_every_steps = 14
-  if "runlocal" in args:
+  if args.official:
+    official(c)
+  if args.runlocal:
     runlocal(c)
     c.model.backbone = "resnet_tiny_cifar"
     c.classification.uncertainty_dim = 32

@@ -3,27 +3,28 @@
     python -m idml_jax.main --config=configs/demo.py --workdir=/tmp/idml_demo
 
 Patch-identity retrieval on scikit-image's bundled photographs (10 train / 10 test
-classes, 40 crops each, 64 px), a tiny ResNet from scratch, Multi-Similarity loss on the
-introspective similarity with Mixup, and IAA synthesis from epoch 4. Expect test
-Recall@1 well above the untrained network's (see BENCHMARKS.md for measured values).
+classes, 40 crops each, 64 px), a tiny ResNet from scratch (BatchNorm trains), the
+Multi-Similarity loss on the introspective similarity with Mixup, and IAA synthesis from
+epoch 4. Expect test Recall@1 well above the untrained network's (BENCHMARKS.md has the
+measured values).
 
-``configs/demo.py:runlocal`` shrinks it to a seconds-long smoke run; ``:digits`` uses
-scikit-learn's digits instead.
+Argument (comma-separated): ``digits`` (scikit-learn's digits instead), ``runlocal`` (a
+seconds-long smoke run).
 """
 
-from idml_jax.config import default_config, runlocal
+from idml_jax.config import default_config, parse_arg, runlocal
 
 
 def get_config(arg: str = ""):
+  args = parse_arg(arg, flags=("digits", "runlocal"))
   c = default_config()
   c.method = "idml+iaa"
   c.loss.name = "multi_similarity"
   c.model.backbone = "resnet_tiny"
   c.model.embedding_dim = 64
   c.data.source = "demo"
-  c.data.name = "patches"
-  c.data.image_size = 64
-  c.data.resize_size = 64
+  c.data.name = "digits" if args.digits else "patches"
+  c.data.image_size = c.data.resize_size = 32 if args.digits else 64
   c.data.images_per_class = 4
   c.data.num_threads = 4
   c.batch_size = 40
@@ -42,12 +43,8 @@ def get_config(arg: str = ""):
   c.eval.batch_size = 80
   c.eval.at_start = True  # results.json["untrained"]: the same network before training.
   c.log_every_steps = 10
-  if "digits" in arg:
-    c.data.name = "digits"
-    c.data.image_size = c.data.resize_size = 32
-    c.batch_size = 40
-  if "runlocal" in arg:
+  if args.runlocal:
     runlocal(c)
-    if c.data.name == "digits":  # 5 train classes: 4 per batch of 16.
+    if args.digits:  # 5 train classes: 4 per batch of 16.
       c.data.images_per_class = 4
   return c

@@ -11,6 +11,8 @@ uncertainty head) and ``names`` [N] (paths relative to ``--images``). Then
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import numpy as np
 from absl import app, flags
@@ -23,14 +25,24 @@ _LATEST = flags.DEFINE_bool("latest", False, "Use the latest checkpoint, not the
 
 def main(argv):
   del argv
+  out_dir = os.path.dirname(os.path.abspath(_OUT.value))
+  if not os.path.isdir(out_dir):
+    sys.exit(f"embed: --out={_OUT.value}: the folder {out_dir} does not exist; create it first.")
+  if not os.path.isdir(_IMAGES.value):
+    sys.exit(f"embed: --images={_IMAGES.value} is not a folder.")
   from idml_jax import inference
+  from idml_jax.evaluation.inputs import check_finite
 
   logging.getLogger().setLevel(logging.INFO)
   trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
   emb = inference.embed_folder(trained, _IMAGES.value)
+  key = "logits" if "logits" in emb else "semantic"
+  check_finite(emb[key], f"The embeddings by the {trained.checkpoint} checkpoint (step "
+                         f"{trained.step}) of {_WORKDIR.value}")
   np.savez(_OUT.value, **emb)
   shapes = ", ".join(f"{k} {v.shape}" for k, v in emb.items() if k != "names")
-  print(f"{len(emb['names'])} images -> {_OUT.value} ({shapes}; checkpoint step {trained.step})")
+  print(f"{len(emb['names'])} images -> {_OUT.value} ({shapes}; {trained.checkpoint} "
+        f"checkpoint, step {trained.step})")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Intra-class Adaptive Augmentation with neighbor correction (IAA).
+"""Intra-class Adaptive Augmentation with neighbor correction (IAA; docs/algorithms.md §2).
 
-Fu et al., "Intra-Class Adaptive Augmentation With Neighbor Correction for Deep
-Metric Learning", TMM 2022; ALGORITHMS.md §2.1–2.3.
+Fu et al., "Intra-Class Adaptive Augmentation With Neighbor Correction for Deep Metric
+Learning", TMM 2022.
 
-The per-class Gaussian estimates are a pytree (:class:`ClassStats`) carried in the
-train state. Every ``update_every`` epochs the whole training set is embedded and
-:func:`update` merges its per-class moments into the state (segment sums, no loop
-over classes) and, where enabled, applies the neighbor correction for few-sample
-classes. :func:`synthesize` then draws ``z + sqrt(lambda_e) sqrt(Sigma) * eps``.
+The per-class Gaussian estimates are a pytree (:class:`ClassStats`) carried in the train
+state. Every ``update_every`` epochs the whole training set is embedded and :func:`merge`
+folds its per-class moments into the state (segment sums, no loop over classes);
+:func:`neighbor_correction` then revises the covariance of few-sample classes from their
+neighbours (:func:`update` does both). :func:`synthesize` draws
+``z + sqrt(lambda_e) sqrt(Sigma) * eps`` from the noise it is given.
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idml_jax.similarity import squared_distances
-from idml_jax.top_k import top_k
+from idml_jax.ops import squared_distances, top_k
+
+# Row blocks of the tiled neighbour pass: ~1.5k classes keep each [block, half·block] tile
+# under ~32 MB, above which XLA:CPU page-faults its buffers on every call (BENCHMARKS.md).
+TILE_ROWS = 1536
+# Below this many classes the dense C×C reference path is used (it is also the readable one).
+DENSE_MAX_CLASSES = 2048
+# Floors of divisions whose numerator is 0 whenever the denominator is (empty sums).
+_TINY = 1e-30
+
+# ``synthesize(root=...)``: the paper draws every copy from Sigma^(1/2); the official code
+# re-applies the square root in its loop, so copy m (from 0) uses Sigma^(1/2^(m+1)).
+SYNTHESIS_ROOTS = ("paper", "official")
 
 
 @flax.struct.dataclass
@@ -31,6 +43,7 @@ class ClassStats:
     mean: [C, D] class means ``m_k`` of the raw embeddings.
     covariance: [C, D] diagonal covariances ``Sigma_k``.
     count: [C] running counts ``n_k``.
+    pass_count: [C] counts ``b_k`` of the last pass merged (the neighbor correction's).
     synthesis_covariance: [C, D] covariance used to synthesise samples: the
       neighbor-corrected ``Sigma_k^cr`` where correction is on, else ``Sigma_k``.
   """
@@ -38,59 +51,56 @@ class ClassStats:
   mean: jax.Array
   covariance: jax.Array
   count: jax.Array
+  pass_count: jax.Array
   synthesis_covariance: jax.Array
-
-  @classmethod
-  def create(cls, num_classes: int, dim: int) -> ClassStats:
-    zeros = lambda: jnp.zeros((num_classes, dim), jnp.float32)  # Distinct buffers (donation).
-    return cls(zeros(), zeros(), jnp.zeros((num_classes,), jnp.float32), zeros())
-
-
-def class_moments(z: jax.Array, labels: jax.Array, num_classes: int,
-                  mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-class count, mean and population variance of a pass over the data.
-
-  Args:
-    z: [N, D] raw embeddings; labels: [N] int; mask: [N] bool (False = padding).
-  Returns:
-    ``(b, a, v)``: counts [C], means [C, D], variances [C, D] (zero for absent classes).
-  """
-  w = jnp.ones(labels.shape, z.dtype) if mask is None else mask.astype(z.dtype)
-  seg = functools.partial(jax.ops.segment_sum, segment_ids=labels, num_segments=num_classes)
-  b = seg(w)
-  safe_b = jnp.maximum(b, 1.0)[:, None]
-  a = seg(z * w[:, None]) / safe_b
-  v = seg(jnp.square(z - a[labels]) * w[:, None]) / safe_b
-  return b, a, v
 
 
 def init(num_classes: int, dim: int) -> ClassStats:
   """Empty per-class estimates: zero means, covariances and counts."""
-  return ClassStats.create(num_classes, dim)
+  zeros = lambda *shape: jnp.zeros(shape, jnp.float32)  # Distinct buffers (donation).
+  return ClassStats(zeros(num_classes, dim), zeros(num_classes, dim), zeros(num_classes),
+                    zeros(num_classes), zeros(num_classes, dim))
+
+
+def class_moments(embeddings: jax.Array, labels: jax.Array, num_classes: int,
+                  mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-class count, mean and population variance of a pass over the data.
+
+  Args:
+    embeddings: [N, D] raw embeddings; labels: [N] int; mask: [N] bool (False = padding).
+  Returns:
+    ``(count [C], mean [C, D], variance [C, D])``, zero for absent classes.
+  """
+  w = jnp.ones(labels.shape, embeddings.dtype) if mask is None else mask.astype(embeddings.dtype)
+  seg = functools.partial(jax.ops.segment_sum, segment_ids=labels, num_segments=num_classes)
+  count = seg(w)
+  safe = jnp.maximum(count, 1.0)[:, None]
+  mean = seg(embeddings * w[:, None]) / safe
+  variance = seg(jnp.square(embeddings - mean[labels]) * w[:, None]) / safe
+  return count, mean, variance
 
 
 def merge(stats: ClassStats, embeddings: jax.Array, labels: jax.Array, *,
-          momentum: float = 0.2, mask: jax.Array | None = None) -> ClassStats:
-  """Merges a pass over the data (embeddings [N, D], labels [N]) into the estimate (§2.1)."""
-  b, a, v = class_moments(embeddings, labels, stats.mean.shape[0], mask)
-  return merge_moments(stats, b, a, v, momentum)
+          momentum: float = 0.2, mask: jax.Array | None = None,
+          skip_singletons: bool = False) -> ClassStats:
+  """Merges a pass over the data (embeddings [N, D], labels [N]) into the estimate (§2.1).
 
+  With the pass's per-class count ``b``, mean ``a`` and variance ``v``:
+  ``w = b / (b + n)``, floored at ``1 - momentum`` for present classes and 0 for absent
+  ones; ``Sigma <- (1-w) Sigma + w v + w (1-w) (m - a)²``, ``m <- (1-w) m + w a``,
+  ``n <- n + b``. ``pass_count`` becomes ``b``; ``synthesis_covariance`` the merged
+  covariance (see :func:`neighbor_correction`).
 
-def merge_moments(stats: ClassStats, b: jax.Array, a: jax.Array, v: jax.Array,
-                  momentum: float = 0.2) -> ClassStats:
-  """Merges a pass's moments into the running estimate (§2.1).
-
-  ``w = b / (b + n)``, floored at ``1 - momentum`` for present classes and 0 for
-  absent ones; ``Sigma <- (1-w) Sigma + w v + w (1-w) (m - a)²``,
-  ``m <- (1-w) m + w a``, ``n <- n + b``. ``synthesis_covariance`` is set to the
-  merged covariance (see :func:`neighbor_correction`).
+  ``skip_singletons``: classes with one image in the pass keep their mean and covariance
+  (they still count) — the official code's large-dataset path.
   """
-  present = b > 0
-  w = jnp.where(present, jnp.maximum(b / jnp.maximum(b + stats.count, 1e-12), 1.0 - momentum), 0.0)
+  b, a, v = class_moments(embeddings, labels, stats.mean.shape[0], mask)
+  merged = b > (1 if skip_singletons else 0)
+  w = jnp.where(merged, jnp.maximum(b / jnp.maximum(b + stats.count, _TINY), 1.0 - momentum), 0.0)
   w = w[:, None]
   covariance = (1 - w) * stats.covariance + w * v + w * (1 - w) * jnp.square(stats.mean - a)
   mean = (1 - w) * stats.mean + w * a
-  return ClassStats(mean, covariance, stats.count + b, jnp.copy(covariance))
+  return ClassStats(mean, covariance, stats.count + b, b, jnp.copy(covariance))
 
 
 def class_weight(b: jax.Array, beta: float = 0.1, tau: float = 40.0) -> jax.Array:
@@ -100,6 +110,70 @@ def class_weight(b: jax.Array, beta: float = 0.1, tau: float = 40.0) -> jax.Arra
   """
   b1 = jnp.maximum(b, 1.0)
   return jnp.where(b < tau, 1.0 / (1.0 + jnp.log1p(beta * (b1 - 1.0))), 0.0)
+
+
+def _masked_extremes(sq: jax.Array, valid: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  return (jnp.min(jnp.where(valid, sq, jnp.inf), axis=axis),
+          jnp.max(jnp.where(valid, sq, -jnp.inf), axis=axis))
+
+
+def _normalise(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+  """Min-max normalised distances from squared ones (sqrt is monotonic). [b, k], [b], [b]."""
+  lo, hi = jnp.sqrt(lo)[:, None], jnp.sqrt(hi)[:, None]
+  span = hi - lo
+  return jnp.where(span > 0, (jnp.sqrt(sq_at) - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+
+
+def _neighbour_weights(counts_nbr, sq_m, lo_m, hi_m, sq_c, lo_c, hi_c, valid, sigma_mean,
+                       sigma_cov):
+  """``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))`` of each row's K neighbours. [b, K]."""
+  dm, dc = _normalise(sq_m, lo_m, hi_m), _normalise(sq_c, lo_c, hi_c)
+  w = counts_nbr * jnp.exp(-jnp.square(dm) / (2 * sigma_mean**2)
+                           - jnp.square(dc) / (2 * sigma_cov**2))
+  return jnp.where(valid, w, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("num_neighbors",))
+def _dense_neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
+                               num_neighbors: int, sigma_mean: float,
+                               sigma_cov: float) -> jax.Array:
+  """:func:`neighbor_covariance` with both C×C distance matrices in memory."""
+  num_classes = mean.shape[0]
+  sq_m = squared_distances(jnp.square(mean), jnp.square(mean))  # Dm², [C, C]
+  sq_c = squared_distances(covariance, covariance)  # Dcv², [C, C]
+  valid = (b > 1)[None, :] & ~jnp.eye(num_classes, dtype=bool)
+  neg_sq, nbr = jax.lax.top_k(jnp.where(valid, -sq_m, -jnp.inf), min(num_neighbors, num_classes))
+  at = lambda x: jnp.take_along_axis(x, nbr, axis=1)
+  w = _neighbour_weights(b[nbr], at(sq_m), *_masked_extremes(sq_m, valid, 1), at(sq_c),
+                         *_masked_extremes(sq_c, valid, 1), neg_sq > -jnp.inf, sigma_mean,
+                         sigma_cov)
+  total = jnp.sum(w, axis=1, keepdims=True)
+  cov_nb = jnp.einsum("ck,ckd->cd", w, covariance[nbr]) / jnp.maximum(total, _TINY)
+  return jnp.where(total > 0, cov_nb, covariance)  # No eligible neighbour: its own.
+
+
+def neighbor_covariance(mean: jax.Array, covariance: jax.Array, counts: jax.Array, *,
+                        num_neighbors: int = 25, sigma_mean: float = 1.0,
+                        sigma_cov: float = 1.0, dense: bool | None = None) -> jax.Array:
+  """``Sigma_k^nb``: covariance borrowed from each class's K nearest classes (§2.2).
+
+  Neighbours are the classes ``j != k`` with ``b_j > 1`` nearest in
+  ``Dm_kj = ||m_k² - m_j²||``; weights ``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))``
+  with ``Dcv_kj = ||Sigma_k - Sigma_j||`` and ``~`` a min-max normalisation over the
+  valid entries of row k. A class with no eligible neighbour keeps its own covariance.
+
+  Args:
+    mean: [C, D]; covariance: [C, D]; counts: [C] counts ``b`` of the pass.
+    dense: the C×C reference path (default: below ``DENSE_MAX_CLASSES`` classes) or the
+      tiled one (same result, memory O(C · TILE_ROWS)).
+  Returns:
+    [C, D] neighbour covariance.
+  """
+  if dense is None:
+    dense = mean.shape[0] <= DENSE_MAX_CLASSES
+  fn = _dense_neighbor_covariance if dense else _tiled_neighbor_covariance
+  return fn(mean, covariance, counts, num_neighbors=num_neighbors, sigma_mean=sigma_mean,
+            sigma_cov=sigma_cov)
 
 
 def _circulant_blocks(num_classes: int, block_size: int) -> tuple[int, int, int]:
@@ -127,25 +201,16 @@ def _normalise(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_neighbors", "block_size"))
-def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
-                        num_neighbors: int = 25, sigma_mean: float = 1.0,
-                        sigma_cov: float = 1.0, block_size: int = 1536) -> jax.Array:
-  """``Sigma_k^nb``: covariance borrowed from each class's K nearest classes (§2.2).
-
-  Neighbours are the classes ``j != k`` with ``b_j > 1`` nearest in
-  ``Dm_kj = ||m_k² - m_j²||``; weights ``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))``
-  with ``Dcv_kj = ||Sigma_k - Sigma_j||`` and ``~`` a min-max normalisation over the
-  valid entries of row k.
+def _tiled_neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
+                               num_neighbors: int, sigma_mean: float, sigma_cov: float,
+                               block_size: int = TILE_ROWS) -> jax.Array:
+  """:func:`neighbor_covariance` for many classes, never holding a C×C matrix.
 
   Both C×C distance matrices are symmetric, so each pair of classes is computed once:
   row block i meets the next ``half`` blocks (circulant order) and every [block, half·block]
   tile serves its rows (row minima/maxima, top-K) and, read down its columns, the
   classes of the other blocks. Memory is O(block × half·block), never C×C.
 
-  Args:
-    mean: [C, D]; covariance: [C, D]; b: [C] counts of the pass.
-  Returns:
-    [C, D] neighbour covariance (the global covariance-free part of Eq. 15).
   """
   num_classes, dim = mean.shape
   nb, block, half = _circulant_blocks(num_classes, block_size)
@@ -204,13 +269,11 @@ def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
     ids = sl(nbr)
     cov_nbr = cov[ids]  # [block, k, D]
     sq_c = jnp.sum(jnp.square(sl(cov)[:, None, :] - cov_nbr), axis=-1)
-    dm = _normalise(jnp.maximum(-sl(neg_sq_m), 0.0), sl(lo_m), sl(hi_m))
-    dc = _normalise(sq_c, sl(lo_c), sl(hi_c))
-    w = b[jnp.minimum(ids, num_classes - 1)] * jnp.exp(
-        -jnp.square(dm) / (2 * sigma_mean**2) - jnp.square(dc) / (2 * sigma_cov**2))
-    w = jnp.where(sl(nbr_valid), w, 0.0)
+    w = _neighbour_weights(b[jnp.minimum(ids, num_classes - 1)],
+                           jnp.maximum(-sl(neg_sq_m), 0.0), sl(lo_m), sl(hi_m), sq_c, sl(lo_c),
+                           sl(hi_c), sl(nbr_valid), sigma_mean, sigma_cov)
     total = jnp.sum(w, axis=1, keepdims=True)
-    return jnp.einsum("bk,bkd->bd", w, cov_nbr) / jnp.maximum(total, 1e-30), total[:, 0] > 0
+    return jnp.einsum("bk,bkd->bd", w, cov_nbr) / jnp.maximum(total, _TINY), total[:, 0] > 0
 
   cov_nb, has_nbr = jax.lax.map(weighted, jnp.arange(nb))
   cov_nb = cov_nb.reshape(padded, dim)[:num_classes]
@@ -222,67 +285,76 @@ def neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
 def global_covariance(covariance: jax.Array, b: jax.Array) -> jax.Array:
   """``Sigma_g = sum_k b_k Sigma_k / sum_k b_k`` over classes with ``b_k > 1``. [C, D] -> [D]."""
   w = jnp.where(b > 1, b, 0.0)
-  return jnp.sum(w[:, None] * covariance, axis=0) / jnp.maximum(jnp.sum(w), 1e-30)
+  return jnp.sum(w[:, None] * covariance, axis=0) / jnp.maximum(jnp.sum(w), _TINY)
 
 
-def neighbor_correction(stats: ClassStats, counts: jax.Array, *, num_neighbors: int = 25,
-                        beta: float = 0.1, gamma: float = 0.1, tau: float = 40.0,
-                        sigma_m: float = 1.0, sigma_cv: float = 1.0) -> jax.Array:
-  """The corrected covariance ``Sigma^cr`` [C, D] (paper Eq. 15; §2.2).
-
+def neighbor_correction(stats: ClassStats, *, num_neighbors: int = 25, beta: float = 0.1,
+                        gamma: float = 0.1, tau: float = 40.0, sigma_mean: float = 1.0,
+                        sigma_cov: float = 1.0) -> jax.Array:
+  """The corrected covariance ``Sigma^cr`` [C, D] (paper Eq. 15; §2.2), from the merged
+  estimate and its ``pass_count``:
   ``Sigma_k^cr = (1 - alpha_k) Sigma_k + alpha_k [(1 - gamma) Sigma_k^nb + gamma Sigma_g]``.
-
-  Args:
-    stats: the merged estimate.
-    counts: [C] per-class counts ``b_k`` of the pass just merged.
   """
+  counts = stats.pass_count
   alpha = class_weight(counts, beta, tau)[:, None]
-  cov_nb = neighbor_covariance(stats.mean, stats.covariance, counts,
-                               num_neighbors=num_neighbors, sigma_mean=sigma_m,
-                               sigma_cov=sigma_cv)
+  cov_nb = neighbor_covariance(stats.mean, stats.covariance, counts, num_neighbors=num_neighbors,
+                               sigma_mean=sigma_mean, sigma_cov=sigma_cov)
   cov_g = global_covariance(stats.covariance, counts)[None, :]
   return (1 - alpha) * stats.covariance + alpha * ((1 - gamma) * cov_nb + gamma * cov_g)
 
 
-def update(stats: ClassStats, z: jax.Array, labels: jax.Array, *, mask: jax.Array | None = None,
-           momentum: float = 0.2, correct: bool = False, **correction_kwargs) -> ClassStats:
-  """One estimate update from a whole-training-set pass: merge, then correction.
+def update(stats: ClassStats, embeddings: jax.Array, labels: jax.Array, *,
+           mask: jax.Array | None = None, momentum: float = 0.2, correct: bool = False,
+           skip_singletons: bool = False, **correction_kwargs) -> ClassStats:
+  """One estimate update from a whole-training-set pass: :func:`merge`, then (``correct``)
+  :func:`neighbor_correction` stored as the synthesis covariance.
 
-  Args:
-    z: [N, D] raw embeddings of the training set; labels: [N]; mask: [N] bool.
-    correct: apply the neighbor correction (the paper; default on for > 1000
-      classes in the configs). Off reproduces the official code's sampling.
+  ``correct`` is the paper's default for > 1000 classes; off, synthesis uses the raw
+  estimate, as the official code does.
   """
-  b, a, v = class_moments(z, labels, stats.mean.shape[0], mask)
-  stats = merge_moments(stats, b, a, v, momentum)
+  stats = merge(stats, embeddings, labels, momentum=momentum, mask=mask,
+                skip_singletons=skip_singletons)
   if correct:
-    stats = stats.replace(synthesis_covariance=neighbor_correction(stats, b,
-                                                                   **correction_kwargs))
+    stats = stats.replace(synthesis_covariance=neighbor_correction(stats, **correction_kwargs))
   return stats
 
 
-def synthesize(key: jax.Array, embeddings: jax.Array, labels: jax.Array, covariance: jax.Array,
-               *, lam: float | jax.Array, num: int = 3) -> tuple[jax.Array, jax.Array]:
-  """Draws ``num`` synthetic samples per original: ``z + sqrt(lam) sqrt(Sigma_y) * eps`` (§2.3).
+def synthesis_noise(key: jax.Array, num: int, batch_size: int, dim: int) -> jax.Array:
+  """[num, B, D] standard-normal noise, one block per synthetic copy."""
+  return jax.random.normal(key, (num, batch_size, dim), jnp.float32)
+
+
+def synthesize(noise: jax.Array, embeddings: jax.Array, labels: jax.Array,
+               covariance: jax.Array, *, lam: float | jax.Array,
+               root: str = "paper") -> tuple[jax.Array, jax.Array]:
+  """``num`` synthetic samples per original: ``z + sqrt(lam) Sigma_y^(1/2) * eps`` (§2.3).
 
   Args:
-    key: PRNG key.
+    noise: [num, B, D] ``eps`` (:func:`synthesis_noise`).
     embeddings: [B, D] raw embeddings ``z``; labels: [B].
     covariance: [C, D] diagonal covariances to sample from (``stats.synthesis_covariance``).
     lam: ``lambda_e`` from :func:`strength_schedule`.
+    root: ``paper`` (Sigma^(1/2) for every copy) or ``official`` (copy m: Sigma^(1/2^(m+1))).
   Returns:
     ``(synthetic, synthetic_labels)``: [num B, D] and [num B], copy ``m`` of sample ``i`` at
     ``m B + i``.
   """
-  std = jnp.sqrt(jnp.maximum(covariance[labels], 0.0))
-  eps = jax.random.normal(key, (num,) + embeddings.shape, embeddings.dtype)
-  z_syn = embeddings[None] + jnp.sqrt(lam) * std[None] * eps
+  if root not in SYNTHESIS_ROOTS:
+    raise ValueError(f"Unknown synthesis root {root!r}; valid: {SYNTHESIS_ROOTS}.")
+  num = noise.shape[0]
+  var = jnp.maximum(covariance[labels], 0.0)[None]  # [1, B, D]
+  if root == "paper":
+    std = jnp.sqrt(var)
+  else:  # Sigma^(1/2), Sigma^(1/4), ... as the official loop's repeated .sqrt().
+    std = var ** (0.5 ** jnp.arange(1, num + 1, dtype=var.dtype))[:, None, None]
+  z_syn = embeddings[None] + jnp.sqrt(lam) * std * noise
   return z_syn.reshape(-1, embeddings.shape[1]), jnp.tile(labels, num)
 
 
-def strength_schedule(strength: float, epoch: float | jax.Array,
-                      total_epochs: float) -> jax.Array:
-  """``lambda_e``: ``lambda`` × 1.0 / 0.9 / 0.75 / 0.6 at progress <= 0.4 / 0.6 / 0.8 / after."""
-  r = jnp.asarray(epoch, jnp.float32) / total_epochs
+def strength_schedule(strength: float, epoch: int | jax.Array, total_epochs: int) -> jax.Array:
+  """``lambda_e`` for epoch ``epoch`` (counted from 0): ``lambda`` × 1.0 / 0.9 / 0.75 / 0.6 at
+  training progress ``(epoch + 1) / total`` <= 0.4 / 0.6 / 0.8 / after — the paper's epochs
+  counted from 1, as the official ``lamda_epoch`` counts them."""
+  r = (jnp.asarray(epoch, jnp.float32) + 1) / total_epochs
   factor = jnp.where(r <= 0.4, 1.0, jnp.where(r <= 0.6, 0.9, jnp.where(r <= 0.8, 0.75, 0.6)))
   return strength * factor

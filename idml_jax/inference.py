@@ -1,42 +1,32 @@
 """A trained model from a workdir, for embedding new images (the embed and search commands,
 the notebook).
 
-Training writes ``<workdir>/run.json`` (the config and the number of training classes);
-:func:`load` rebuilds the model from it and restores the best (or latest) checkpoint.
+Training records ``run.json`` (the config and the number of training classes) in its
+workdir (:class:`idml_jax.train.checkpoint.Workdir`); :func:`load` rebuilds the model
+from it and restores the best (or latest) checkpoint, verified.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
 from idml_jax.data.folders import IMAGE_EXTENSIONS
 from idml_jax.data.sources import FileSource
-from idml_jax.train.checkpoint import Checkpoints
+from idml_jax.train.checkpoint import Checkpoints, Workdir, read_json
 from idml_jax.train.evaluate import embed_split
-from idml_jax.train.state import create, make_model
-from idml_jax.train.steps import Steps, make_mesh, replicate
-
-RUN_FILE = "run.json"
-
-
-def write_run_file(workdir: str, config: ml_collections.ConfigDict, num_classes: int) -> None:
-  """What :func:`load` needs to rebuild the model (written by training, main process)."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, RUN_FILE), "w") as f:
-      json.dump({"config": config.to_dict(), "num_classes": num_classes}, f, indent=1)
+from idml_jax.train.steps import Steps, make_mesh
 
 
 class Trained:
   """A restored model: ``embed(source)`` -> semantic embeddings (classifiers: logits) and
   uncertainty norms."""
 
-  def __init__(self, config, steps: Steps, state, step: int):
+  def __init__(self, config, steps: Steps, state, step: int, checkpoint: str):
     self.config, self.steps, self.state, self.step = config, steps, state, step
+    self.checkpoint = checkpoint  # "best" | "latest"
 
   def embed(self, source) -> dict[str, np.ndarray]:
     """``semantic`` [N, D] (classifiers: ``logits`` [N, C]), ``uncertainty_norm`` [N],
@@ -47,25 +37,20 @@ class Trained:
 
 def load(workdir: str, best: bool = True) -> Trained:
   """The model trained in ``workdir``: its best checkpoint (or the latest)."""
-  path = os.path.join(workdir, RUN_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training workdir "
+  wd = Workdir(workdir)
+  run = read_json(wd.run_file, "run.json")
+  if run is None:
+    raise FileNotFoundError(f"{wd.run_file} not found: {workdir!r} is not a training workdir "
                             "(train with `python -m idml_jax.main --workdir=...` first).")
-  with open(path) as f:
-    run = json.load(f)
   config = ml_collections.ConfigDict(run["config"])
-  config.model.pretrained = ""  # The checkpoint holds the trained weights.
-  ckpts = Checkpoints(workdir)
-  mngr = ckpts.best if best and ckpts.best.latest_step() is not None else ckpts.latest
-  step = mngr.latest_step()
-  if step is None:
+  ckpts = Checkpoints(wd)
+  use_best = best and ckpts.best.latest_step() is not None
+  if ckpts.latest_step() is None and not use_best:
     raise FileNotFoundError(f"No checkpoint in {workdir}; training has not saved one yet.")
-  mesh = make_mesh()
-  model = make_model(config, run["num_classes"])
-  state, tx = create(config, model, run["num_classes"], 1)
-  state = ckpts.restore(replicate(mesh, state), step, best=mngr is ckpts.best)
+  steps = Steps.build(config, run["num_classes"], 1, make_mesh())
+  state, step = ckpts.restore(steps.abstract, best=use_best)
   ckpts.close()
-  return Trained(config, Steps(config, model, tx, mesh), state, step)
+  return Trained(config, steps, state, step, "best" if use_best else "latest")
 
 
 def image_files(folder: str) -> list[str]:

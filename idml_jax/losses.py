@@ -17,7 +17,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from idml_jax import names
+
+# Stands in for -inf inside a masked log-sum-exp: exp(_NEG_INF - m) is exactly 0 and, unlike
+# -inf, it never makes 0 * inf = NaN in the gradient.
 _NEG_INF = -1e30
+# Multi-Similarity drops "positives" this close to 1 (identical embeddings), as MS's code.
+MS_IDENTICAL = 1.0 - 1e-5
 
 
 def _log1p_sum_exp(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
@@ -37,7 +43,7 @@ def _valid(mask: jax.Array | None, n: int) -> jax.Array:
 
 def proxy_anchor(similarity: jax.Array, labels: jax.Array, *, margin: float = 0.1,
                  alpha: float = 32.0, sample_mask: jax.Array | None = None) -> jax.Array:
-  """Proxy-Anchor loss (Kim et al., CVPR 2020; ALGORITHMS.md §1.5).
+  """Proxy-Anchor loss (Kim et al., CVPR 2020; docs/algorithms.md §1.5).
 
   Args:
     similarity: [B, C] similarity of each sample to each class proxy.
@@ -136,7 +142,7 @@ def multi_similarity(similarity: jax.Array, positive: jax.Array, negative: jax.A
                      beta: float = 40.0, anchor_mask: jax.Array | None = None) -> jax.Array:
   """Multi-Similarity loss with its pair mining (Wang et al., CVPR 2019; §2.4).
 
-  Positives with ``s >= 1 - 1e-5`` are dropped; negatives are kept if
+  Positives with ``s >= MS_IDENTICAL`` are dropped; negatives are kept if
   ``s + margin > min(pos)``, positives if ``s - margin < max(neg)``. An anchor
   with no kept positive or no kept negative contributes 0.
 
@@ -146,7 +152,7 @@ def multi_similarity(similarity: jax.Array, positive: jax.Array, negative: jax.A
   Returns:
     Scalar ``sum_i l_i / B``.
   """
-  pos = positive & (similarity < 1.0 - 1e-5)
+  pos = positive & (similarity < MS_IDENTICAL)
   min_pos = jnp.min(jnp.where(pos, similarity, jnp.inf), axis=1, keepdims=True)
   max_neg = jnp.max(jnp.where(negative, similarity, -jnp.inf), axis=1, keepdims=True)
   kept_neg = negative & (similarity + margin > min_pos)
@@ -208,12 +214,5 @@ ALL_LOSSES = {**PROXY_LOSSES, **PAIR_LOSSES}
 
 def get_loss(name: str) -> Callable[..., jax.Array]:
   """Looks a loss up by name; unknown names list the valid ones."""
-  try:
-    return ALL_LOSSES[name]
-  except KeyError:
-    raise ValueError(f"Unknown loss {name!r}; valid: {sorted(ALL_LOSSES)}.") from None
+  return names.lookup(ALL_LOSSES, name, "loss")
 
-
-def is_proxy_loss(name: str) -> bool:
-  get_loss(name)
-  return name in PROXY_LOSSES

@@ -7,14 +7,21 @@ Multi-host (TPU pod slices, SLURM GPU clusters): ``jax.distributed.initialize()`
 when ``--multihost`` is set (no arguments needed on TPU VMs; ``--coordinator_address``,
 ``--num_processes``, ``--process_id`` elsewhere). Start the same command on every host; the
 workdir must be a filesystem all hosts share (NFS, a gcsfuse-mounted bucket).
+
+A failure the user can fix (a bad config, a missing dataset, a refused resume, a full
+disk) ends in one or two lines saying what to do; ``--verbosity=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import re
+import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -27,6 +34,21 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
                                    "(--multihost; default: detected from TPU/SLURM/MPI).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--multihost: process count.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
+
+
+def _user_error(e: BaseException) -> str | None:
+  """The one-line message of a failure the user can act on, or None for a bug."""
+  from idml_jax.evaluation import NonFiniteEmbeddingsError
+  from idml_jax.train.checkpoint import CheckpointError
+  from idml_jax.train.loop import NonFiniteLossError
+
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    return (f"No space left on device ({e.filename or e}). Completed checkpoints are intact: "
+            "free some space and re-run the same command to resume.")
+  if isinstance(e, (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError,
+                    NonFiniteEmbeddingsError)):
+    return str(e)
+  return None
 
 
 def main(argv):
@@ -42,16 +64,45 @@ def main(argv):
     handler.addFilter(lambda r: r.levelno >= logging.WARNING or "orbax" not in r.pathname)
   from idml_jax.train.loop import evaluate_only, train_and_evaluate
 
-  if _MODE.value == "train":
-    results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps({"final": results["final"], "best": results["best"]}, indent=1))
-  else:
-    print(json.dumps(evaluate_only(_CONFIG.value, _WORKDIR.value), indent=1))
+  try:
+    if _MODE.value == "train":
+      results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      print(json.dumps({"final": results["final"], "best": results["best"]}, indent=1))
+    else:
+      print(json.dumps(evaluate_only(_CONFIG.value, _WORKDIR.value), indent=1))
+  except KeyboardInterrupt:
+    sys.exit(130)  # The loop has said which checkpoint is kept.
+  except Exception as e:  # noqa: BLE001
+    message = _user_error(e) if not absl_logging.level_debug() else None
+    if message is None:
+      raise
+    logging.error("%s", message)
+    sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad ``--config.key=value`` (a key the config does not have,
+  a value of the wrong type) reported in one line instead of chained tracebacks."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).replace("\\n", "\n").replace('\\"', '"').replace("\\'", "'")
+    keys = [a.split("=")[0].removeprefix("--config.") for a in argv if a.startswith("--config.")]
+    bad = next((k for k in keys if f"'{k.split('.')[-1]}'" in text), None)
+    if bad is None:
+      raise  # Not an override's fault: the config file itself (a real traceback helps).
+    hint = re.search(r"(Did you mean [^?]*\?)", text)
+    sys.exit(f"FATAL Flags parsing error: --config.{bad}: the config has no such key"
+             + (f" ({hint.group(1)})" if hint else "") + ". The valid keys are those of "
+             "idml_jax/config.py's default_config; the config file's docstring lists its "
+             "arguments.")
 
 
 def run():
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Data mixing for classification: Mixup and CutMix, per global batch, inside the jitted step.
 
-Both return ``(mixed images [B, H, W, C], lam, perm [B])``; the loss is the label-mixed
-cross-entropy of the IDML classification code, ``lam CE(out, y) + (1 - lam) CE(out, y[perm])``.
-Everything is a function of the step's key, so a resumed run mixes identically.
+The random draws of a step (:func:`draw`: ``lam``, the permutation, CutMix's box and whether
+it applies) are separate from their use (:func:`mix`), so a test can feed the same draws
+to a reference implementation. The loss is the label-mixed cross-entropy of the IDML
+classification code, ``lam CE(out, y) + (1 - lam) CE(out, y[perm])``.
 
 CutMix (Yun et al. 2019) pastes the box ``[y1, y2) × [x1, x2)`` of ``images[perm]``: side
 ratio ``sqrt(1 - lam)`` around a uniform centre, clipped to the image, and ``lam`` is then
@@ -14,13 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def mixup(key: jax.Array, images: jax.Array, alpha: float = 1.0):
-  """``lam x + (1 - lam) x[perm]``, ``lam ~ Beta(alpha, alpha)``."""
-  k_lam, k_perm = jax.random.split(key)
-  lam = jax.random.beta(k_lam, alpha, alpha)
-  perm = jax.random.permutation(k_perm, images.shape[0])
-  return lam * images + (1 - lam) * images[perm], lam, perm
+MIXINGS = ("none", "mixup", "cutmix")
 
 
 def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int) -> jax.Array:
@@ -35,21 +30,34 @@ def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int) -> jax.A
                     jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)])
 
 
-def cutmix(key: jax.Array, images: jax.Array, alpha: float = 1.0, prob: float = 1.0):
-  """Pastes a box of ``images[perm]`` into every image with probability ``prob`` (per batch);
-  otherwise returns the batch unchanged with ``lam = 1``."""
+def draw(key: jax.Array, mixing: str, batch_size: int, height: int, width: int, *,
+         alpha: float = 1.0, prob: float = 1.0) -> dict[str, jax.Array]:
+  """One step's draws: ``lam ~ Beta(alpha, alpha)``, ``perm`` [B], CutMix's ``box`` [4] and
+  ``apply`` (CutMix applies to the batch with probability ``prob``)."""
   k_apply, k_lam, k_perm, k_box = jax.random.split(key, 4)
+  lam = jax.random.beta(k_lam, alpha, alpha) if mixing != "none" else jnp.float32(1.0)
+  out = {"lam": lam, "perm": jax.random.permutation(k_perm, batch_size)}
+  if mixing == "cutmix":
+    out["box"] = cutmix_box(k_box, lam, height, width)
+    out["apply"] = jax.random.uniform(k_apply) < prob
+  return out
+
+
+def mix(images: jax.Array, draws: dict[str, jax.Array],
+        mixing: str) -> tuple[jax.Array, jax.Array]:
+  """``(mixed images [B, H, W, C], lam)``: Mixup ``lam x + (1 - lam) x[perm]``, CutMix the
+  pasted box (``lam`` corrected to its area; 1 when it does not apply), none unchanged."""
+  lam, perm = draws["lam"], draws["perm"]
+  if mixing == "none":
+    return images, jnp.float32(1.0)
+  if mixing == "mixup":
+    return lam * images + (1 - lam) * images[perm], lam
   _, h, w, _ = images.shape
-  lam = jax.random.beta(k_lam, alpha, alpha)
-  perm = jax.random.permutation(k_perm, images.shape[0])
-  y1, y2, x1, x2 = cutmix_box(k_box, lam, h, w)
+  y1, y2, x1, x2 = draws["box"]
   rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-  inside = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)  # [H, W]
-  apply = jax.random.uniform(k_apply) < prob
-  inside = inside & apply
+  inside = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2) & draws["apply"]  # [H, W]
   mixed = jnp.where(inside[None, :, :, None], images[perm], images)
-  lam = 1.0 - jnp.sum(inside) / (h * w)
-  return mixed, lam, perm
+  return mixed, 1.0 - jnp.sum(inside) / (h * w)
 
 
 def mixed_cross_entropy(logits: jax.Array, labels: jax.Array, lam: jax.Array,

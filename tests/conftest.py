@@ -1,4 +1,4 @@
-"""Test set-up: 8 forced host devices so sharding tests run on any CPU."""
+"""Test set-up: 8 forced host devices so sharding tests run on any CPU; shared helpers."""
 
 import os
 import tempfile
@@ -14,3 +14,40 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402, F401  (initialised with the settings above)
+import ml_collections  # noqa: E402
+
+from idml_jax import config as config_lib  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """``configs/<name>``'s ``get_config(arg)``."""
+  spec = os.path.join(ROOT, "configs", name)
+  return config_lib.from_file(f"{spec}:{arg}" if arg else spec)
+
+
+def override(c: ml_collections.ConfigDict, **kw) -> ml_collections.ConfigDict:
+  """``override(c, iaa__start_epoch=1)`` sets ``c.iaa.start_epoch = 1``."""
+  for k, v in kw.items():
+    node = c
+    *path, last = k.split("__")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def tiny(method="idml+iaa", loss="multi_similarity", **kw) -> ml_collections.ConfigDict:
+  """A seconds-long retrieval config on the digits (16 px, 16-d, 2 epochs × 2 steps)."""
+  c = config_lib.runlocal(config_lib.default_config())
+  c.method, c.loss.name = method, loss
+  c.data.source, c.data.name = "demo", "digits"
+  c.data.image_size = c.data.resize_size = 16
+  c.data.num_threads = 2
+  c.data.images_per_class = 4  # Digits' train split has 5 classes: 4 × 4 per batch.
+  c.model.embedding_dim = 16
+  c.eval.batch_size = 64
+  c.optimizer.lr = 1e-3
+  override(c, **kw)
+  return c

@@ -67,24 +67,34 @@ def multi_similarity(sim, labels_anchor, labels_all, batch, thresh=0.5, margin=0
 
 
 def ranking(sim_row, exclude):
-  """Indices sorted by decreasing similarity, ``exclude`` removed."""
+  """Indices sorted by decreasing similarity, equal ones by index, ``exclude`` removed."""
   order = [j for j in np.argsort(-sim_row, kind="stable") if j != exclude]
   return order
 
 
-def retrieval(q, ql, g, gl, ks, all_vs_all):
-  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-  gn = g / np.linalg.norm(g, axis=1, keepdims=True)
-  sim = qn @ gn.T
+def normalize(x):
+  """Unit rows in float64 (rows of zeros stay zero)."""
+  x = np.asarray(x, np.float64)
+  n = np.linalg.norm(x, axis=1, keepdims=True)
+  return x / np.where(n > 0, n, 1.0)
+
+
+def retrieval(q, ql, g, gl, ks, all_vs_all, per_query=False):
+  """Recall@K, R-Precision, MAP@R by sorting every query's gallery (ties by index)."""
+  sim = normalize(q) @ normalize(g).T
   hits = {k: [] for k in ks}
   rps, aps = [], []
+  per = {"first_hit": [], "r_precision": [], "map@r": []}
   for i in range(len(q)):
     order = ranking(sim[i], i if all_vs_all else -1)
     rel = [gl[j] == ql[i] for j in order]
     r = sum(rel)
     for k in ks:
       hits[k].append(any(rel[:k]))
+    per["first_hit"].append(rel.index(True) if r else None)
     if r == 0:
+      per["r_precision"].append(float("nan"))
+      per["map@r"].append(float("nan"))
       continue
     rps.append(sum(rel[:r]) / r)
     found, ap = 0, 0.0
@@ -93,7 +103,9 @@ def retrieval(q, ql, g, gl, ks, all_vs_all):
         found += 1
         ap += found / (pos + 1)
     aps.append(ap / r)
+    per["r_precision"].append(rps[-1])
+    per["map@r"].append(aps[-1])
   out = {f"recall@{k}": float(np.mean(hits[k])) for k in ks}
-  out["r_precision"] = float(np.mean(rps))
-  out["map@r"] = float(np.mean(aps))
-  return out
+  out["r_precision"] = float(np.mean(rps)) if rps else 0.0
+  out["map@r"] = float(np.mean(aps)) if aps else 0.0
+  return (out, per) if per_query else out

@@ -1,8 +1,10 @@
 """The data layer on miniature datasets written in each real on-disk format."""
 
+import itertools
 import logging
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -238,13 +240,124 @@ def test_transforms_shapes_and_normalisation():
   want = (np.array([0, 128, 255]) / 255 - np.array(IMAGENET.mean)) / np.array(IMAGENET.std)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   got = np.asarray(transforms.normalize(jnp.asarray(x), CAFFE_BGR))[0, 0, 0]
-  np.testing.assert_allclose(got, [255 - 104, 128 - 117, 0 - 128])
+  np.testing.assert_allclose(got, [255 - 104, 128 - 117, 0 - 128], rtol=1e-6)  # BGR, 0–255.
+  float_in = np.asarray(transforms.normalize(jnp.asarray(x / 255.0, jnp.float32), IMAGENET))
+  np.testing.assert_allclose(float_in[0, 0, 0], want, rtol=1e-6)  # Floats in [0, 1] too.
+
+
+def _torchvision_eval(img, size=224, resize=256):
+  """torchvision's Resize(resize) + CenterCrop(size) on a PIL image, its rules written out:
+  the long side int(resize * long / short), offsets int(round((h - size) / 2))."""
+  h, w = img.shape[:2]
+  if h <= w:
+    nh, nw = resize, int(resize * w / h)
+  else:
+    nh, nw = int(resize * h / w), resize
+  big = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+  top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+  return big[top:top + size, left:left + size]
+
+
+@pytest.mark.parametrize("hw", [(300, 451), (451, 300), (257, 258), (500, 333), (333, 500),
+                                (256, 256), (299, 299), (225, 640), (1023, 767)])
+def test_eval_transform_equals_torchvision_pixel_for_pixel(hw):
+  img = np.random.default_rng(sum(hw)).integers(0, 255, (*hw, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(transforms.eval_transform(img, 224, 256), _torchvision_eval(img))
+
+
+def test_square_eval_transform_squashes_then_crops():
+  img = np.random.default_rng(1).integers(0, 255, (300, 451, 3), dtype=np.uint8)
+  got = transforms.eval_transform(img, 224, 256, resize_mode="square", interpolation="lanczos")
+  big = np.asarray(Image.fromarray(img).resize((256, 256), Image.LANCZOS))
+  np.testing.assert_array_equal(got, big[16:240, 16:240])
+
+
+def _torchvision_rrc_params(h, w, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """torchvision.transforms.RandomResizedCrop.get_params, written out."""
+  area = h * w
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+    if 0 < cw <= w and 0 < ch <= h:
+      return ch, cw
+  return (h, int(round(h * max(ratio)))) if w / h > max(ratio) else \
+      ((int(round(w / min(ratio))), w) if w / h < min(ratio) else (h, w))
+
+
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.16, 1.0)])
+def test_random_resized_crop_samples_torchvisions_distribution(monkeypatch, scale):
+  from scipy.stats import ks_2samp
+  crops = []
+  monkeypatch.setattr(transforms, "_resize",
+                      lambda img, w, h, interpolation="bilinear": crops.append(img.shape[:2])
+                      or np.zeros((h, w, 3), np.uint8))
+  img = np.zeros((180, 420, 3), np.uint8)  # Wide: the fallback happens too.
+  rng = np.random.default_rng(0)
+  for _ in range(3000):
+    transforms.random_resized_crop(img, 16, rng, scale=scale)
+  ref_rng = np.random.default_rng(1)
+  ref = [_torchvision_rrc_params(180, 420, ref_rng, scale) for _ in range(3000)]
+  ours, theirs = np.asarray(crops, float), np.asarray(ref, float)
+  for stat in (lambda c: c[:, 0] * c[:, 1] / (180 * 420), lambda c: np.log(c[:, 1] / c[:, 0])):
+    assert ks_2samp(stat(ours), stat(theirs)).pvalue > 0.01
+  area = ours[:, 0] * ours[:, 1] / (180 * 420)
+  assert area.min() >= scale[0] * 0.95 and area.max() <= 1.0
+
+
+def _naive_color(img, alpha, order, light):
+  """The official ColorJitter (shuffled brightness/contrast/saturation lerps) then Lighting,
+  one image [H, W, 3] in [0, 1], float64."""
+  x = img.astype(np.float64)
+  gray = lambda v: 0.299 * v[..., 0] + 0.587 * v[..., 1] + 0.114 * v[..., 2]
+  for t in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)][order]:
+    target = (np.zeros_like(x) if t == 0 else
+              np.full_like(x, gray(x).mean()) if t == 1 else np.repeat(gray(x)[..., None], 3, -1))
+    x = x + alpha[t] * (target - x)
+  eigval = np.array([0.2175, 0.0188, 0.0045])
+  eigvec = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+                     [-0.5836, -0.6948, 0.4203]])
+  return x + (eigvec * (light * eigval)[None, :]).sum(1)
+
+
+def test_color_augment_matches_the_official_jitter_and_lighting():
+  rng = np.random.default_rng(2)
+  imgs = rng.random((6, 5, 7, 3)).astype(np.float32)
+  draws = transforms.color_draws(jax.random.PRNGKey(0), 6, 0.4, 0.1)
+  got = np.asarray(transforms.color_augment(jnp.asarray(imgs), draws))
+  d = jax.device_get(draws)
+  assert np.abs(d["jitter_alpha"]).max() <= 0.4 and set(d["jitter_order"]) <= set(range(6))
+  for i in range(6):
+    want = _naive_color(imgs[i], d["jitter_alpha"][i], int(d["jitter_order"][i]),
+                        d["lighting_alpha"][i])
+    np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+def test_class_fill_sampler_is_the_official_iaa_sampler():
+  labels = np.repeat(np.arange(30), [1, 2, 5] * 10)
+  s = samplers.ClassFillSampler(labels, batch_size=12, images_per_class=3, seed=0)
+  for step in range(10):
+    idx = s(step)
+    assert len(idx) == 12 and len(set(idx.tolist())) == 12  # Without replacement.
+    runs = [len(list(g)) for _, g in itertools.groupby(labels[idx])]
+    sizes = np.bincount(labels)
+    classes = [c for c, _ in itertools.groupby(labels[idx])]
+    assert len(set(classes)) == len(classes)  # Each class once, its rows together.
+    for c, r in zip(classes[:-1], runs[:-1], strict=True):
+      assert r == min(3, sizes[c])  # min(K, class size) rows; only the last one is cut.
+  np.testing.assert_array_equal(s(4), samplers.ClassFillSampler(labels, 12, 3, seed=0)(4))
 
 
 def test_demo_sets_are_class_disjoint():
-  for name in ("patches", "digits"):
-    splits = data.load_splits(name)
-    tr = {n.split("#")[0] for n in splits["train"].names} if name == "patches" else None
-    te = {n.split("#")[0] for n in splits["test"].names} if name == "patches" else None
-    assert tr is None or not tr & te
-    assert splits["train"].load(0).dtype == np.uint8
+  from sklearn.datasets import load_digits
+  splits = data.load_splits("patches")
+  train = {n.split("#")[0] for n in splits["train"].names}
+  test = {n.split("#")[0] for n in splits["test"].names}
+  assert train and test and not train & test
+  assert splits["train"].load(0).dtype == np.uint8
+  target = load_digits().target  # Digits: 0–4 train, 5–9 test.
+  splits = data.load_splits("digits")
+  np.testing.assert_array_equal(np.bincount(splits["train"].labels),
+                                np.bincount(target[target < 5]))
+  np.testing.assert_array_equal(np.bincount(splits["test"].labels),
+                                np.bincount(target[target >= 5] - 5))

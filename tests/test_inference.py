@@ -7,8 +7,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import tiny
 from PIL import Image
-from test_train import tiny
 
 from idml_jax import data, inference, search
 from idml_jax.data import transforms
@@ -47,9 +47,9 @@ def test_embed_folder_matches_the_model_applied_directly(trained_workdir, image_
       np.asarray(Image.open(image_folder / n).convert("RGB")), cfg.data.image_size,
       cfg.data.resize_size) for n in names])
   params = jax.device_get(trained.state.params["model"])
-  out = trained.steps.model.apply({"params": params,
-                                   "batch_stats": jax.device_get(trained.state.batch_stats)},
-                                  transforms.normalize(images, trained.steps.spec))
+  out = trained.steps.eval_model.apply({"params": params,
+                                        "batch_stats": jax.device_get(trained.state.batch_stats)},
+                                       transforms.normalize(images, trained.steps.spec))
   np.testing.assert_allclose(emb["semantic"], out["semantic"], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(emb["uncertainty_norm"],
                              np.linalg.norm(out["uncertainty"], axis=-1), rtol=1e-4)
@@ -96,3 +96,41 @@ def test_embed_and_search_commands(trained_workdir, image_folder, tmp_path):
   first = result.stdout.splitlines()[0]
   assert first.startswith(str(emb["names"][0]) + " -> ") and first.count("(") == 3
   assert str(emb["names"][0]) not in first.split("->")[1]  # Its own entry is left out.
+
+
+def _search(tmp_path, gallery, *args, queries=None):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  np.savez(tmp_path / "g.npz", semantic=gallery, names=np.arange(len(gallery)).astype(str))
+  extra = []
+  if queries is not None:
+    np.savez(tmp_path / "q.npz", semantic=queries, names=np.arange(len(queries)).astype(str))
+    extra = [f"--queries={tmp_path / 'q.npz'}"]
+  return subprocess.run([sys.executable, "-m", "idml_jax.search", f"--gallery={tmp_path / 'g.npz'}",
+                         *extra, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, queries, nan_row, expect", [
+    (["--k=0"], None, False, "--k=0 must be in 1..39"),
+    (["--k=-2"], None, False, "--k=-2 must be in 1..39"),
+    (["--k=100"], None, False, "--k=100 must be in 1..39 (the gallery has 40 images"),
+    (["--k=3"], np.ones((2, 5), np.float32), False, "must be [Q, 8] like the gallery"),
+    (["--k=3"], None, True, "gallery embeddings contain NaN/inf in 1 of 40 rows"),
+])
+def test_search_validates_its_arguments_in_the_users_terms(tmp_path, args, queries, nan_row,
+                                                           expect):
+  gallery = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+  if nan_row:
+    gallery[7, 2] = np.nan
+  out = _search(tmp_path, gallery, *args, queries=queries)
+  assert out.returncode != 0 and expect in out.stderr, out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_embed_refuses_a_missing_output_folder_before_any_work(trained_workdir, image_folder,
+                                                               tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  out = subprocess.run([sys.executable, "-m", "idml_jax.embed", f"--workdir={trained_workdir}",
+                        f"--images={image_folder}", f"--out={tmp_path / 'missing' / 'e.npz'}"],
+                       env=env, cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0 and "does not exist; create it first" in out.stderr
+  assert "checkpoint" not in out.stdout  # Nothing was embedded.

@@ -1,4 +1,4 @@
-"""Losses (ALGORITHMS.md §1.5, §2.4) against naive loops; jit, masks, sharding."""
+"""Losses (docs/algorithms.md §1.5, §2.4) against naive loops; jit, masks, sharding."""
 
 import math
 import subprocess
@@ -163,8 +163,8 @@ SHARDING_SCRIPT = textwrap.dedent("""
     y = jnp.asarray(rng.integers(0, 10, 32))
 
     def loss(mu, u, proxies, y):
-      pa = losses.proxy_anchor(similarity.proxy_introspective_similarity(mu, u, proxies), y)
-      sim = similarity.pairwise_introspective_similarity(mu, u, mu, u)
+      pa = losses.proxy_anchor(similarity.introspective_similarity(mu, u, proxies), y)
+      sim = similarity.introspective_similarity(mu, u, mu, u)
       pos, neg = losses.pair_masks(y, y)
       return pa + losses.multi_similarity(sim, pos, neg) + losses.triplet(sim, pos, neg)
 

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 from idml_jax import config as config_lib
-from idml_jax.train.checkpoint import Checkpoints
-from idml_jax.train.state import create, make_model
+from idml_jax.train.checkpoint import Checkpoints, Workdir
+from idml_jax.train.steps import Steps, make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 CONFIG = os.path.join(ROOT, "configs", "demo.py") + ":runlocal,digits"
@@ -44,17 +44,17 @@ def _finish(proc: subprocess.Popen) -> str:
   return out
 
 
-def _template():
+def _config():
   c = config_lib.from_file(CONFIG)
   c.num_epochs, c.max_steps_per_epoch = 1, 3
   config_lib.validate(c)
-  return create(c, make_model(c), 5, 3)[0]
+  return c
 
 
-def _params(workdir, template):
-  ck = Checkpoints(str(workdir))
+def _params(workdir, c):
+  ck = Checkpoints(Workdir(workdir))
   assert ck.latest_step() == 3
-  state = ck.restore(template, 3)
+  state, _ = ck.restore(Steps.build(c, 5, 3, make_mesh()).abstract)
   ck.close()
   return flax.serialization.to_state_dict(state)["params"]
 
@@ -75,9 +75,11 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   for i, log in enumerate(logs):  # Each process loads only its own 8 rows of the 16.
     assert f"Process {i} of 2 loads rows [{8 * i}, {8 * i + 8}) of every global batch of 16" \
         in log, log[-3000:]
-  template = _template()
-  multi, single = (_params(tmp_path / d, template) for d in ("multi", "single"))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), multi, single)
-  init = flax.serialization.to_state_dict(template)["params"]
+  c = _config()
+  multi, single = (_params(tmp_path / d, c) for d in ("multi", "single"))
+  # BatchNorm trains (from scratch): 2 × 4 and 1 × 8 devices reduce its statistics in another
+  # order, within float32 rounding.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi, single)
+  init = jax.device_get(Steps.build(c, 5, 3, make_mesh()).fresh_state().params)
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), multi, init))
   assert max(moved) > 1e-4  # Three steps really trained.

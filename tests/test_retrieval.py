@@ -1,10 +1,13 @@
-"""Retrieval metrics (§3) against a naive full sort; back-ends agree; bad input refused."""
+"""Retrieval metrics (§3) against a naive full sort; every back-end agrees, ties included."""
 
 import naive
 import numpy as np
 import pytest
 
-from idml_jax.evaluation import knn, retrieval, retrieval_metrics
+from idml_jax import evaluation
+from idml_jax.evaluation import knn, query_gallery_metrics, query_ranks, retrieval_metrics
+from idml_jax.evaluation.retrieval import RETRIEVAL_BACKENDS
+from idml_jax.ops import l2_normalize_np
 
 
 def _data(seed=0, n=120, classes=25, d=8):
@@ -15,22 +18,42 @@ def _data(seed=0, n=120, classes=25, d=8):
   return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("backend", retrieval.RETRIEVAL_BACKENDS)
+@pytest.mark.parametrize("backend", RETRIEVAL_BACKENDS)
 def test_all_vs_all_matches_naive(backend):
   x, y = _data()
   y[0] = 999  # A singleton query: a miss for Recall@K, excluded from RP and MAP@R.
   want = naive.retrieval(x, y, x, y, (1, 2, 4, 8), all_vs_all=True)
-  got = retrieval_metrics(x, y, ks=(1, 2, 4, 8), backend=backend, block_size=32)
+  got = retrieval_metrics(x, y, recall_ks=(1, 2, 4, 8), backend=backend, block_size=32)
   assert got == pytest.approx(want, abs=1e-9)
 
 
-@pytest.mark.parametrize("backend", retrieval.RETRIEVAL_BACKENDS)
+@pytest.mark.parametrize("backend", RETRIEVAL_BACKENDS)
 def test_query_gallery_matches_naive(backend):
   x, y = _data(1, n=150)
   q, ql, g, gl = x[:60], y[:60], x[60:], y[60:]
   want = naive.retrieval(q, ql, g, gl, (1, 10, 20, 30), all_vs_all=False)
-  got = retrieval_metrics(q, ql, g, gl, ks=(1, 10, 20, 30), backend=backend, block_size=32)
+  got = query_gallery_metrics(q, ql, g, gl, recall_ks=(1, 10, 20, 30), backend=backend,
+                              block_size=32)
   assert got == pytest.approx(want, abs=1e-9)
+
+
+def test_per_query_values_and_nearest_scores_match_naive():
+  x, y = _data(8, n=90, classes=12)
+  ranks = query_ranks(x, y, max_k=8, block_size=32)
+  _, per = naive.retrieval(x, y, x, y, (1,), all_vs_all=True, per_query=True)
+  np.testing.assert_array_equal(ranks.first_hit_rank, per["first_hit"])
+  mine = ranks.per_query()
+  np.testing.assert_allclose(mine["r_precision"], per["r_precision"], atol=1e-12)
+  np.testing.assert_allclose(mine["map@r"], per["map@r"], atol=1e-12)
+  sim = naive.normalize(x) @ naive.normalize(x).T
+  np.fill_diagonal(sim, -np.inf)
+  top2 = -np.sort(-sim, axis=1)[:, :2]
+  np.testing.assert_allclose(ranks.nearest_score, top2[:, 0], atol=1e-6)
+  np.testing.assert_allclose(ranks.second_score, top2[:, 1], atol=1e-6)
+  for backend in ("jax", "scann"):
+    other = query_ranks(x, y, max_k=8, backend=backend)
+    np.testing.assert_allclose(other.nearest_score, top2[:, 0], atol=1e-6)
+    np.testing.assert_allclose(other.second_score, top2[:, 1], atol=1e-6)
 
 
 def test_exact_block_sizes_agree():
@@ -44,13 +67,65 @@ def test_large_k_recall_uses_true_rank():
   # Recall@K for K beyond the class size must still see the first hit's true rank.
   x, y = _data(3, n=300, classes=100)
   want = naive.retrieval(x, y, x, y, (1, 50, 200), all_vs_all=True)
-  got = retrieval_metrics(x, y, ks=(1, 50, 200), block_size=64)
+  got = retrieval_metrics(x, y, recall_ks=(1, 50, 200), block_size=64)
   assert got == pytest.approx(want, abs=1e-9)
+
+
+def _degenerate(kind, n=60, d=8, seed=0):
+  """Embeddings of a collapsed or broken model, with class-sorted labels (the worst case
+  for a tie rule that favours the relevant item)."""
+  y = np.repeat(np.arange(6), n // 6)
+  rng = np.random.default_rng(seed)
+  if kind == "constant":
+    return np.full((n, d), 0.3, np.float32), y
+  if kind == "zero":
+    return np.zeros((n, d), np.float32), y
+  if kind == "huge":  # Squares overflow float32: a naive normalisation gives zeros.
+    centres = rng.standard_normal((6, d))
+    return ((centres[y] + rng.standard_normal((n, d))) * 1e30).astype(np.float32), y
+  if kind == "duplicated":  # Pairs of identical rows, half across classes.
+    x = rng.standard_normal((n // 2, d)).astype(np.float32)
+    return np.concatenate([x, x]), np.concatenate([y[: n // 2], rng.permutation(y[n // 2:])])
+  raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["constant", "zero", "huge", "duplicated"])
+@pytest.mark.parametrize("gallery", [False, True])
+def test_degenerate_embeddings_same_metrics_on_every_backend(kind, gallery):
+  x, y = _degenerate(kind)
+  ks = (1, 2, 4)
+  if gallery:
+    q, ql, g, gl = x[::2], y[::2], x[1::2], y[1::2]
+    want = naive.retrieval(q, ql, g, gl, ks, all_vs_all=False)
+    run = lambda b, bs: query_gallery_metrics(q, ql, g, gl, recall_ks=ks, backend=b, block_size=bs)
+  else:
+    want = naive.retrieval(x, y, x, y, ks, all_vs_all=True)
+    run = lambda b, bs: retrieval_metrics(x, y, recall_ks=ks, backend=b, block_size=bs)
+  for backend in RETRIEVAL_BACKENDS:
+    for block in (32, 4096):
+      assert run(backend, block) == pytest.approx(want, abs=1e-9), (backend, block)
+
+
+def test_constant_embeddings_get_chance_level_recall_not_a_perfect_score():
+  rng = np.random.default_rng(4)
+  y = rng.permutation(np.repeat(np.arange(10), 12))
+  x = np.ones((120, 16), np.float32)
+  got = retrieval_metrics(x, y, recall_ks=(1, 4))
+  chance = np.mean([(np.sum(y == c) - 1) / (len(y) - 1) for c in y])
+  assert abs(got["recall@1"] - chance) < 0.06
+  assert got["map@r"] < 0.2
+
+
+def test_normalisation_survives_values_whose_squares_overflow():
+  x = np.array([[3e38, 3e38, 0.0], [-1e-40, 0.0, 2e-40], [0.0, 0.0, 0.0]], np.float32)
+  got = l2_normalize_np(x)
+  np.testing.assert_allclose(got, naive.normalize(x), rtol=1e-6)  # float64, as stored.
+  np.testing.assert_allclose(got[0], [0.70710677, 0.70710677, 0], rtol=1e-6)
 
 
 def test_knn_backends_return_the_same_neighbours():
   x, _ = _data(4, n=80)
-  x = retrieval.l2_normalize_np(x)
+  x = l2_normalize_np(x)
   s0, i0 = knn.jax_search(x, x, 5, exclude_self=True, block_size=16)
   s1, i1 = knn.scann_search(x, x, 5, exclude_self=True)
   np.testing.assert_array_equal(i0, i1)
@@ -66,36 +141,24 @@ def test_scann_ah_close_to_exact_on_larger_gallery():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(query=np.zeros((5, 3)), query_labels=np.zeros(4, int)), "labels must be"),
-    (dict(query=np.zeros((5, 3)), query_labels=np.array([0, 1, -1, 0, 1])), ">= 0"),
-    (dict(query=np.full((5, 3), np.nan), query_labels=np.zeros(5, int)), "NaN"),
-    (dict(query=np.ones((5, 3)), query_labels=np.zeros(5, int), ks=(1, 8)), "Recall@8"),
-    (dict(query=np.ones((5, 3)), query_labels=np.zeros(5, float)), "integers"),
-    (dict(query=np.ones((5, 3)), query_labels=np.zeros(5, int), backend="faiss"), "valid"),
-    (dict(query=np.ones((5, 3)), query_labels=np.zeros(5, int), gallery=np.ones((4, 2)),
-          gallery_labels=np.zeros(4, int)), "dim"),
+    (dict(embeddings=np.zeros((5, 3)), labels=np.zeros(4, int)), "labels must be"),
+    (dict(embeddings=np.zeros((5, 3)), labels=np.array([0, 1, -1, 0, 1])), ">= 0"),
+    (dict(embeddings=np.full((5, 3), np.nan), labels=np.zeros(5, int)), "NaN"),
+    (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), recall_ks=(1, 8)), "Recall@8"),
+    (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, float)), "integers"),
+    (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), backend="faiss"), "valid"),
 ])
 def test_bad_input_is_refused(bad, match):
   with pytest.raises(ValueError, match=match):
     retrieval_metrics(**bad)
+  if match == "NaN":
+    with pytest.raises(evaluation.NonFiniteEmbeddingsError, match="1 of 5|5 of 5"):
+      retrieval_metrics(**bad)
 
 
-def test_public_evaluate_api_all_metrics_in_one_call():
-  from idml_jax import evaluate
-  from idml_jax.evaluation import clustering_metrics
-
-  rng = np.random.default_rng(7)
-  y = np.repeat(np.arange(8), 5)
-  x = (rng.standard_normal((8, 6))[y] + 0.5 * rng.standard_normal((40, 6))).astype(np.float32)
-  got = evaluate.retrieval_metrics(x, y, recall_ks=(1, 4))
-  want = naive.retrieval(x, y, x, y, (1, 4), all_vs_all=True)
-  for k, v in want.items():
-    assert got[k] == pytest.approx(v, abs=1e-6), k
-  assert got["nmi"] == clustering_metrics(x, y)["nmi"] and 0 <= got["f1"] <= 1
-  qg = evaluate.query_gallery_metrics(x[:10], y[:10], x[10:], y[10:], recall_ks=(1, 2))
-  assert set(qg) == {"recall@1", "recall@2", "r_precision", "map@r"}
-  with pytest.raises(ValueError, match="NaN|finite"):
-    evaluate.retrieval_metrics(np.full((4, 2), np.nan), np.arange(4) % 2)
+def test_query_gallery_dimension_mismatch_is_refused():
+  with pytest.raises(ValueError, match="dim"):
+    query_gallery_metrics(np.ones((5, 3)), np.zeros(5, int), np.ones((4, 2)), np.zeros(4, int))
 
 
 @pytest.mark.parametrize("gallery", [False, True])
@@ -107,8 +170,8 @@ def test_exact_grouped_candidates_match_naive(gallery):
   if gallery:
     q, ql, g, gl = x[::2], y[::2], x[1::2], y[1::2]
     want = naive.retrieval(q, ql, g, gl, (1, 10, 100), all_vs_all=False)
-    got = retrieval_metrics(q, ql, g, gl, ks=(1, 10, 100), block_size=256)
+    got = query_gallery_metrics(q, ql, g, gl, recall_ks=(1, 10, 100), block_size=256)
   else:
     want = naive.retrieval(x, y, x, y, (1, 10, 100), all_vs_all=True)
-    got = retrieval_metrics(x, y, ks=(1, 10, 100), block_size=256)
+    got = retrieval_metrics(x, y, recall_ks=(1, 10, 100), block_size=256)
   assert got == pytest.approx(want, abs=1e-9)

@@ -47,15 +47,20 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  def __init__(self, block, layers):
+  """torchvision's ResNet (``width`` 64), narrower for tests; ``small_images``: the CIFAR
+  stem (one 3×3/1 conv, no max pool)."""
+
+  def __init__(self, block, layers, width=64, small_images=False):
     super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.maxpool = nn.MaxPool2d(3, 2, 1)
-    self.inp = 64
+    kernel, stride = (3, 1) if small_images else (7, 2)
+    self.conv1 = nn.Conv2d(3, width, kernel, stride, kernel // 2, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.maxpool = nn.Identity() if small_images else nn.MaxPool2d(3, 2, 1)
+    self.inp = width
     for i, n in enumerate(layers):
-      setattr(self, f"layer{i + 1}", self._layer(block, 64 * 2**i, n, 1 if i == 0 else 2))
-    self.fc = nn.Linear(512 * block.expansion, 1000)
+      setattr(self, f"layer{i + 1}", self._layer(block, width * 2**i, n, 1 if i == 0 else 2))
+    self.num_features = width * 8 * block.expansion
+    self.fc = nn.Linear(self.num_features, 1000)
 
   def _layer(self, block, planes, n, stride):
     down = None
@@ -74,6 +79,11 @@ class ResNet(nn.Module):
 
 def resnet18():
   return ResNet(BasicBlock, [2, 2, 2, 2])
+
+
+def resnet_tiny(small_images=False):
+  """idml_jax's ``resnet_tiny``: one BasicBlock per stage, width 8."""
+  return ResNet(BasicBlock, [1, 1, 1, 1], width=8, small_images=small_images)
 
 
 def resnet50():

@@ -1,7 +1,7 @@
 """The folder layouts of the official PyTorch repositories, and a generic one.
 
 ``load_folder(name, root)`` -> ``{split: FileSource}`` with the class-disjoint splits of
-ALGORITHMS.md §3. ``root`` is the folder that *contains* the dataset folder (or the
+docs/algorithms.md §3. ``root`` is the folder that *contains* the dataset folder (or the
 dataset folder itself). A missing or malformed file names what was expected where.
 """
 
@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from idml_jax import names
 from idml_jax.data import specs
 from idml_jax.data.sources import FileSource, relabel
 
@@ -19,12 +20,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def _dataset_dir(name: str, root: str) -> str:
+  """``root/<folder>``, or ``root`` itself when it is the dataset folder."""
   spec = specs.get_spec(name)
   for cand in (os.path.join(root, spec.folder), root):
     if os.path.isdir(cand) and os.path.basename(os.path.normpath(cand)) == spec.folder:
       return cand
-  if os.path.isdir(os.path.join(root, spec.folder)):
-    return os.path.join(root, spec.folder)
   raise FileNotFoundError(
       f"{name}: expected the folder {os.path.join(root, spec.folder)!r}. Get the dataset from "
       f"{spec.how_to_get}, unpack it there, and set config.data.data_dir={root!r}.")
@@ -154,9 +154,7 @@ LOADERS = {"cub": cub, "cars": cars, "sop": sop, "inshop": inshop, "image_folder
 
 
 def load_folder(name: str, root: str) -> dict[str, FileSource]:
-  if name not in LOADERS:
-    raise ValueError(f"No folder loader for {name!r}; valid: {sorted(LOADERS)}.")
-  out = LOADERS[name](root)
+  out = names.lookup(LOADERS, name, "folder dataset")(root)
   for split, source in out.items():
     specs.check_counts(name, split, source.labels)
   return out

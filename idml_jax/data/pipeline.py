@@ -108,8 +108,14 @@ def train_batches(source, sampler: Callable[[int], np.ndarray], *, image_size: i
 def eval_batches(source, *, batch_size: int, image_size: int, resize_size: int,
                  process_index: int = 0, process_count: int = 1, num_threads: int = 8,
                  worker_count: int = 0, skipped: SkipCounter | None = None,
-                 transform: Callable | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One sequential pass, padded to whole global batches; padding has ``mask=False``."""
+                 transform: Callable | None = None,
+                 seed=None) -> Iterator[dict[str, np.ndarray]]:
+  """One sequential pass, padded to whole global batches; padding has ``mask=False``.
+
+  ``transform``: ``(image, size) -> uint8 image`` (default: resize + center crop); with a
+  ``seed`` (int or ints), ``(image, size, rng)`` with ``rng`` a function of ``(seed, index)``:
+  a pass over augmented images (the official IAA estimate).
+  """
   if transform is None:
     transform = lambda img, size: transforms.eval_transform(img, size, resize_size)  # noqa: E731
   rows = _local_rows(batch_size, process_index, process_count)
@@ -122,7 +128,10 @@ def eval_batches(source, *, batch_size: int, image_size: int, resize_size: int,
     image, ok = np.zeros((image_size, image_size, 3), np.uint8), index < n
     if ok:
       try:
-        image = transform(source.load(index), image_size)
+        img = source.load(index)
+        image = (transform(img, image_size) if seed is None else
+                 transform(img, image_size,
+                           np.random.default_rng([*np.atleast_1d(seed), index])))
       except Exception as err:  # noqa: BLE001
         skipped.add(source, index, err)
         ok = False

@@ -3,6 +3,8 @@
 * :class:`ClassBalancedSampler` — P classes × K images (IAA's m-per-class batches).
   Rows are class-major, so a host taking a contiguous slice of the global batch
   takes whole classes when P is a multiple of the number of hosts.
+* :class:`ClassFillSampler` — the official IAA sampler: classes in random order, up to K
+  images of each, until the batch is full.
 * :class:`RandomSampler` — a fresh permutation each epoch, the remainder dropped.
 """
 
@@ -11,6 +13,13 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+
+def _class_members(labels: np.ndarray) -> list[np.ndarray]:
+  """Dataset indices of each class, in class order."""
+  order = np.argsort(labels, kind="stable")
+  _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+  return [order[s:s + c] for s, c in zip(starts, counts, strict=True)]
 
 
 class ClassBalancedSampler:
@@ -25,12 +34,10 @@ class ClassBalancedSampler:
     self.k = images_per_class
     self.p = batch_size // images_per_class
     self.seed = seed
-    order = np.argsort(self.labels, kind="stable")
-    classes, starts, counts = np.unique(self.labels[order], return_index=True, return_counts=True)
-    if len(classes) < self.p:
-      raise ValueError(f"{self.p} classes per batch requested but the data has {len(classes)}; "
-                       "lower batch_size or raise images_per_class.")
-    self.members = [order[s:s + c] for s, c in zip(starts, counts, strict=True)]
+    self.members = _class_members(self.labels)
+    if len(self.members) < self.p:
+      raise ValueError(f"{self.p} classes per batch requested but the data has "
+                       f"{len(self.members)}; lower batch_size or raise images_per_class.")
     self.batch_size = batch_size
 
   def steps_per_epoch(self, max_steps: int | None = None) -> int:
@@ -47,6 +54,33 @@ class ClassBalancedSampler:
       m = self.members[c]
       rows.append(rng.choice(m, self.k, replace=len(m) < self.k))
     return np.concatenate(rows)
+
+
+class ClassFillSampler(ClassBalancedSampler):
+  """darkpromise98/IAA's ``MImagesPerClassSampler``: all classes in a random order, from each
+  ``min(K, class size)`` images without replacement, until ``batch_size`` rows (the last
+  class cut short). A class with fewer than K images contributes fewer rows."""
+
+  def __init__(self, labels: np.ndarray, batch_size: int, images_per_class: int, seed: int = 0):
+    self.labels = np.asarray(labels)
+    self.k, self.batch_size, self.seed = images_per_class, batch_size, seed
+    self.members = _class_members(self.labels)
+    available = sum(min(self.k, len(m)) for m in self.members)
+    if available < batch_size:
+      raise ValueError(f"batch_size {batch_size} exceeds the {available} images a batch can take "
+                       f"({images_per_class} per class at most); lower batch_size.")
+
+  @functools.lru_cache(maxsize=64)  # noqa: B019  Steps are re-read by each row's worker.
+  def __call__(self, step: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, step])
+    rows, n = [], 0
+    for c in rng.permutation(len(self.members)):
+      m = self.members[c]
+      rows.append(rng.choice(m, min(self.k, len(m)), replace=False))
+      n += len(rows[-1])
+      if n >= self.batch_size:
+        break
+    return np.concatenate(rows)[:self.batch_size]
 
 
 class RandomSampler:
@@ -69,3 +103,12 @@ class RandomSampler:
     per_epoch = self.n // self.batch_size
     epoch, i = divmod(step, per_epoch)
     return self._permutation(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+# ``data.sampler`` -> ``(labels [N], batch_size, images_per_class, seed) -> sampler``.
+SAMPLERS = {
+    "balanced": ClassBalancedSampler,
+    "balanced_fill": ClassFillSampler,
+    "random": lambda labels, batch_size, images_per_class, seed: RandomSampler(
+        len(labels), batch_size, seed),
+}

@@ -1,6 +1,6 @@
 """What each dataset of the papers is: class-disjoint split rule, TFDS names, expected counts.
 
-ALGORITHMS.md §3. A loaded split whose counts differ from these warns loudly, naming
+docs/algorithms.md §3. A loaded split whose counts differ from these warns loudly, naming
 both numbers: silently wrong splits make results incomparable with the papers.
 """
 
@@ -10,6 +10,8 @@ import dataclasses
 import logging
 
 import numpy as np
+
+from idml_jax import names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,17 +112,14 @@ CLASSIFICATION: dict[str, ClassificationSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
-  try:
-    return SPECS[name]
-  except KeyError:
-    raise ValueError(f"Unknown dataset {name!r}; valid: {sorted(SPECS)}.") from None
+  return names.lookup(SPECS, name, "dataset")
 
 
-def check_counts(name: str, split: str, labels: np.ndarray) -> bool:
+def check_counts(name: str, split: str, labels: np.ndarray) -> None:
   """Warns (naming both numbers) if a split's image or class count differs from the spec."""
   spec = SPECS.get(name) or CLASSIFICATION.get(name)
   if spec is None or split not in spec.counts:
-    return True
+    return
   want = spec.counts[split]
   got = SplitCounts(len(labels), len(np.unique(labels)))
   if got != want:
@@ -128,5 +127,3 @@ def check_counts(name: str, split: str, labels: np.ndarray) -> bool:
         "%s/%s has %d images in %d classes, but the papers' protocol has %d images in %d "
         "classes: results will not be comparable with the papers.", name, split, got.images,
         got.classes, want.images, want.classes)
-    return False
-  return True

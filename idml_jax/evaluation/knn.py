@@ -5,7 +5,7 @@ All back-ends share one signature, ``search(queries, database, k, exclude_self)`
 and the retrieval service can swap them by name:
 
 * ``jax``: exact, blocked matmul + ``lax.top_k`` under jit (CPU, GPU, TPU); never
-  holds more than a ``block × N`` slice of the similarity matrix.
+  holds more than a ``block × N`` slice of the similarity matrix; ties to the lower index.
 * ``scann``: ScaNN exact brute force.
 * ``scann_ah``: ScaNN partitioning + anisotropic quantisation + exact re-ordering,
   for large galleries.
@@ -23,6 +23,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from idml_jax import names
 
 
 @functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
@@ -52,10 +54,22 @@ def jax_search(queries: np.ndarray, database: np.ndarray, k: int, exclude_self: 
           np.concatenate(jax.device_get(indices))[:n].astype(np.int64))
 
 
+# ScaNN's approximate index (BENCHMARKS.md has the sweep these come from): partitioning pays
+# off from ~1,000 items; sqrt(N) leaves, a fifth of them searched; anisotropic quantisation
+# with 2-d blocks and ScaNN's recommended threshold 0.2; the best max(2k, 100) candidates
+# re-scored exactly; at most 250k points to train the tree.
+SCANN_MIN_PARTITIONED = 1000
+SCANN_LEAVES_SEARCHED = 1 / 5
+SCANN_AH_DIMS_PER_BLOCK = 2
+SCANN_AH_THRESHOLD = 0.2
+SCANN_MIN_REORDER = 100
+SCANN_TRAINING_SAMPLE = 250_000
+
+
 def scann_searcher(database: np.ndarray, k: int, approximate: bool = False):
   """A built ScaNN searcher over ``database`` [N, D] (dot product), for up to ``k``
-  neighbours: exact brute force, or (``approximate``, N ≥ 1000) tree partitioning over
-  √N leaves searching a fifth of them + anisotropic quantisation + exact re-ordering."""
+  neighbours: exact brute force, or (``approximate``, N >= ``SCANN_MIN_PARTITIONED``) tree
+  partitioning + anisotropic quantisation + exact re-ordering."""
   try:
     import scann
   except ImportError as e:  # pragma: no cover - scann is a declared dependency.
@@ -63,13 +77,14 @@ def scann_searcher(database: np.ndarray, k: int, approximate: bool = False):
   n = database.shape[0]
   builder = scann.scann_ops_pybind.builder(np.ascontiguousarray(database, np.float32), k,
                                            "dot_product")
-  if not approximate or n < 1000:  # Partitioning needs a large database.
+  if not approximate or n < SCANN_MIN_PARTITIONED:
     return builder.score_brute_force(quantize=False).build()
   num_leaves = max(1, int(round(math.sqrt(n))))
-  return (builder.tree(num_leaves=num_leaves, num_leaves_to_search=max(1, num_leaves // 5),
-                       training_sample_size=min(n, 250_000))
-          .score_ah(2, anisotropic_quantization_threshold=0.2)
-          .reorder(max(2 * k, 100)).build())
+  return (builder.tree(num_leaves=num_leaves,
+                       num_leaves_to_search=max(1, int(num_leaves * SCANN_LEAVES_SEARCHED)),
+                       training_sample_size=min(n, SCANN_TRAINING_SAMPLE))
+          .score_ah(SCANN_AH_DIMS_PER_BLOCK, anisotropic_quantization_threshold=SCANN_AH_THRESHOLD)
+          .reorder(max(2 * k, SCANN_MIN_REORDER)).build())
 
 
 def drop_self(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +131,4 @@ SEARCH_BACKENDS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
 
 
 def get_search(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-  try:
-    return SEARCH_BACKENDS[name]
-  except KeyError:
-    raise ValueError(f"Unknown kNN back-end {name!r}; valid: {sorted(SEARCH_BACKENDS)}.") from None
+  return names.lookup(SEARCH_BACKENDS, name, "kNN back-end")

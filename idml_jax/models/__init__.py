@@ -13,8 +13,18 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from idml_jax import names
 from idml_jax.models.bn_inception import BNInception
-from idml_jax.models.embedding import ClassifierModel, EmbeddingModel, pool_features
+from idml_jax.models.embedding import (
+  POOLINGS,
+  UNCERTAINTY_ACTIVATIONS,
+  UNCERTAINTY_INITS,
+  UNCERTAINTY_INPUTS,
+  ClassifierModel,
+  EmbeddingModel,
+  pool_features,
+  uncertainty_embedding,
+)
 from idml_jax.models.googlenet import GoogLeNet
 from idml_jax.models.resnet import resnet
 
@@ -30,6 +40,8 @@ class InputSpec:
 
 
 IMAGENET = InputSpec((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# CIFAR's statistics, as the IDML classification code normalises CIFAR-10/100.
+CIFAR = InputSpec((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255))
 CAFFE_BGR = InputSpec((104.0, 117.0, 128.0), (1.0, 1.0, 1.0), scale=1.0, bgr=True)
 
 
@@ -53,9 +65,9 @@ BACKBONES: dict[str, Backbone] = {
                           "torchvision resnet101-63fe2227.pth"),
     # CIFAR stems (3×3/1 conv, no max pool) for 32 px classification; trained from scratch.
     "resnet18_cifar": Backbone(functools.partial(resnet, "resnet18", small_images=True),
-                               IMAGENET, "none (CIFAR, from scratch)"),
+                               CIFAR, "none (CIFAR, from scratch)"),
     "resnet50_cifar": Backbone(functools.partial(resnet, "resnet50", small_images=True),
-                               IMAGENET, "none (CIFAR, from scratch)"),
+                               CIFAR, "none (CIFAR, from scratch)"),
     "resnet_tiny_cifar": Backbone(
         functools.partial(resnet, "resnet_tiny", width=8, small_images=True), IMAGENET,
         "none (tests and demos)"),
@@ -65,10 +77,7 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def get_backbone(name: str) -> Backbone:
-  try:
-    return BACKBONES[name]
-  except KeyError:
-    raise ValueError(f"Unknown backbone {name!r}; valid: {sorted(BACKBONES)}.") from None
+  return names.lookup(BACKBONES, name, "backbone")
 
 
 def make_backbone(name: str, **kwargs) -> nn.Module:
@@ -79,7 +88,12 @@ def make_backbone(name: str, **kwargs) -> nn.Module:
 __all__ = [
     "BACKBONES",
     "CAFFE_BGR",
+    "CIFAR",
     "IMAGENET",
+    "POOLINGS",
+    "UNCERTAINTY_ACTIVATIONS",
+    "UNCERTAINTY_INITS",
+    "UNCERTAINTY_INPUTS",
     "Backbone",
     "ClassifierModel",
     "EmbeddingModel",
@@ -87,4 +101,5 @@ __all__ = [
     "get_backbone",
     "make_backbone",
     "pool_features",
+    "uncertainty_embedding",
 ]

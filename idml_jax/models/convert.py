@@ -46,13 +46,13 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     if isinstance(obj, Mapping) and "state_dict" in obj:
       obj = obj["state_dict"]
     sd = {k: v.float().numpy() for k, v in obj.items() if hasattr(v, "numpy")}
-  out = {}
-  for k, v in sd.items():
-    k = k.removeprefix("module.")
-    if k.endswith("num_batches_tracked"):
-      continue
-    out[k] = np.asarray(v, np.float32)
-  return out
+  return {k: np.asarray(v, np.float32) for k, v in sd.items()}
+
+
+def _canonical(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Drops ``num_batches_tracked`` and a DataParallel ``module.`` prefix."""
+  return {k.removeprefix("module."): np.asarray(v) for k, v in state_dict.items()
+          if not k.endswith("num_batches_tracked")}
 
 
 def _torch_module(backbone: str, path: tuple[str, ...]) -> str:
@@ -94,6 +94,7 @@ def convert(state_dict: Mapping[str, np.ndarray], backbone: str) -> dict:
   Raises:
     ValueError: naming every missing key, unexpected key and shape mismatch.
   """
+  state_dict = _canonical(state_dict)
   shapes = flax.core.unfreeze(backbone_shapes(backbone))
   used, missing, mismatched = set(), [], []
   out = {}

@@ -1,34 +1,78 @@
-"""The two-headed embedding model of IDML (ALGORITHMS.md §1.1) and the ISM classifier (§1.4).
+"""The two-headed embedding model of IDML (docs/algorithms.md §1.1) and the ISM classifier (§1.4).
 
-``EmbeddingModel``: backbone feature map F -> h = GAP(F) + GMP(F) -> a semantic head
-``mu = W_s h + b_s`` and, for IDML, an uncertainty head ``u = act(W_u h + b_u)``. Heads
-are initialised Kaiming-normal (fan-out), biases 0. Non-IDML methods (plain IAA,
-baselines) build it with ``uncertainty=False``.
+``EmbeddingModel``: backbone feature map F -> h = pool(F) (GAP + GMP by default) -> a
+semantic head ``mu = W_s h + b_s`` and, for IDML, an uncertainty head ``u = act(W_u h + b_u)``.
+The semantic head is initialised Kaiming-normal (fan-out), bias 0, as both official codes do.
 
-``ClassifierModel``: backbone -> GAP -> h; logits ``z = h W`` and, for ISM, an uncertainty
-branch ``relu(W_u h)``; returns plain and introspective logits.
+``ClassifierModel``: backbone -> GAP -> h; logits ``z = h W (+ b)`` and, for ISM, an
+uncertainty branch ``relu(W_u h)``; returns plain and introspective logits.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from idml_jax import similarity
+from idml_jax import names, similarity
+from idml_jax.ops import l2_normalize
 
 HEAD_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def torch_linear_init(fan_in: int):
+  """PyTorch's ``nn.Linear`` initialisation of its weight and bias: U(±1/sqrt(fan_in))."""
+  bound = 1.0 / fan_in**0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
+
+
+def _torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
+  init = torch_linear_init(fan_in)
+  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
+
+
+# ``model.uncertainty_init`` -> (features, fan_in, name) -> the uncertainty head's Dense.
+UNCERTAINTY_INITS: dict[str, Callable[[int, int, str], nn.Dense]] = {
+    "kaiming": lambda features, fan_in, name: nn.Dense(features, kernel_init=HEAD_INIT,
+                                                       name=name),
+    "torch": _torch_linear,  # The official IDML code leaves its uncertainty head at this.
+    "small": lambda features, fan_in, name: nn.Dense(  # Kaiming / 100: ||u||² starts ~1e-4×.
+        features, kernel_init=nn.initializers.variance_scaling(2e-4, "fan_out", "normal"),
+        name=name),
+}
+# ``model.uncertainty_input``: the uncertainty head reads the pooled features h as they are,
+# or their L2-normalised copy (then ||u|| is bounded by the head's weights, whatever the
+# features' scale).
+UNCERTAINTY_INPUTS = ("features", "normalized_features")
+
+# raw head output [..., D] -> u. "l2_normalize" is the official IDML retrieval code: ||u||² = 1
+# for every image, so the head gets no gradient.
+UNCERTAINTY_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "softplus": jax.nn.softplus,
+    "identity": lambda x: x,
+    "l2_normalize": l2_normalize,
+}
+
+# [B, H, W, C] -> [B, C].
+POOLINGS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "avg+max": lambda f: jnp.mean(f, axis=(1, 2)) + jnp.max(f, axis=(1, 2)),  # IDML, IAA
+    "avg": lambda f: jnp.mean(f, axis=(1, 2)),
+    "max": lambda f: jnp.max(f, axis=(1, 2)),
+}
+
+
+def uncertainty_embedding(raw: jax.Array, activation: str = "relu") -> jax.Array:
+  """The uncertainty head's raw output [..., D] -> the uncertainty embedding ``u``."""
+  return names.lookup(UNCERTAINTY_ACTIVATIONS, activation, "uncertainty activation")(raw)
+
+
 def pool_features(feature_map: jax.Array, pooling: str = "avg+max") -> jax.Array:
-  """[B, H, W, C] -> [B, C]: ``avg+max`` (IDML, IAA: GAP + GMP), ``avg`` or ``max``."""
-  if pooling == "avg+max":
-    return jnp.mean(feature_map, axis=(1, 2)) + jnp.max(feature_map, axis=(1, 2))
-  if pooling == "avg":
-    return jnp.mean(feature_map, axis=(1, 2))
-  if pooling == "max":
-    return jnp.max(feature_map, axis=(1, 2))
-  raise ValueError(f"Unknown pooling {pooling!r}; valid: avg+max, avg, max.")
+  """[B, H, W, C] -> [B, C]: ``avg+max`` (GAP + GMP), ``avg`` or ``max``."""
+  return names.lookup(POOLINGS, pooling, "pooling")(feature_map)
 
 
 class EmbeddingModel(nn.Module):
@@ -41,6 +85,8 @@ class EmbeddingModel(nn.Module):
   embedding_dim: int = 512
   uncertainty: bool = True
   uncertainty_activation: str = "relu"
+  uncertainty_init: str = "kaiming"
+  uncertainty_input: str = "features"
   pooling: str = "avg+max"
 
   @nn.compact
@@ -49,8 +95,10 @@ class EmbeddingModel(nn.Module):
     out = {"features": h,
            "semantic": nn.Dense(self.embedding_dim, kernel_init=HEAD_INIT, name="semantic")(h)}
     if self.uncertainty:
-      raw = nn.Dense(self.embedding_dim, kernel_init=HEAD_INIT, name="uncertainty")(h)
-      out["uncertainty"] = similarity.uncertainty_embedding(raw, self.uncertainty_activation)
+      head = names.lookup(UNCERTAINTY_INITS, self.uncertainty_init, "uncertainty init")
+      h_u = l2_normalize(h) if self.uncertainty_input == "normalized_features" else h
+      raw = head(self.embedding_dim, h.shape[-1], "uncertainty")(h_u)
+      out["uncertainty"] = uncertainty_embedding(raw, self.uncertainty_activation)
     return out
 
 
@@ -58,25 +106,34 @@ class ClassifierModel(nn.Module):
   """Images [B, H, W, 3] -> {"features": h [B, F], "logits": z [B, C]} and, with
   ``uncertainty``, {"introspective_logits": zI [B, C], "uncertainty": u [B, U]}.
 
-  ``z_c = w_c · h`` (no bias, the classifier's columns act as proxies), ``u = relu(W_u h)``,
-  ``zI`` the ISM of §1.4 with ``a``, ``b``; train on ``zI``, test on ``z``. The baseline
-  (``uncertainty=False``) is the same linear classifier without the branch.
+  ``z_c = w_c · h (+ b_c)``: the classifier's columns act as proxies (with ``bias``, the
+  official code's ``fc(I)``: column plus bias). ``u = relu(W_u h)``, ``zI`` the ISM of §1.4
+  with ``a``, ``b``; train on ``zI``, test on ``z``. The baseline (``uncertainty=False``)
+  is the same linear classifier without the branch.
   """
 
   backbone: nn.Module
   num_classes: int
   uncertainty: bool = True
   uncertainty_dim: int = 512
+  uncertainty_init: str = "kaiming"
+  bias: bool = False
   a: float = 0.0
   b: float = 5.0
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     h = pool_features(self.backbone(images), "avg").astype(jnp.float32)
-    kernel = self.param("classifier", nn.initializers.lecun_normal(),
-                        (h.shape[-1], self.num_classes))
+    fan_in = h.shape[-1]
+    if self.bias:  # nn.Linear's default initialisation, as the official classifier.
+      kernel = self.param("classifier", torch_linear_init(fan_in), (fan_in, self.num_classes))
+      bias = self.param("classifier_bias", torch_linear_init(fan_in), (self.num_classes,))
+    else:
+      kernel = self.param("classifier", nn.initializers.lecun_normal(), (fan_in, self.num_classes))
+      bias = None
     if not self.uncertainty:
-      return {"features": h, "logits": h @ kernel}
-    u = nn.relu(nn.Dense(self.uncertainty_dim, kernel_init=HEAD_INIT, name="uncertainty")(h))
-    logits, intro = similarity.introspective_logits(h, kernel, u, self.a, self.b)
+      return {"features": h, "logits": h @ kernel + (0.0 if bias is None else bias)}
+    head = names.lookup(UNCERTAINTY_INITS, self.uncertainty_init, "uncertainty init")
+    u = nn.relu(head(self.uncertainty_dim, fan_in, "uncertainty")(h))
+    logits, intro = similarity.introspective_logits(h, kernel, u, bias, a=self.a, b=self.b)
     return {"features": h, "logits": logits, "introspective_logits": intro, "uncertainty": u}

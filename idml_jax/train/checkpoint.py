@@ -1,52 +1,206 @@
-"""Checkpoints with orbax: the latest (for resume) and the best by Recall@1.
+"""The training workdir: its layout, atomic JSON files, and verified orbax checkpoints.
 
-Orbax writes each checkpoint to a temporary directory and renames it when complete,
-so a crash or Ctrl-C mid-save leaves the previous checkpoint restorable. The state is
-saved as a plain state dict (``flax.serialization``); the data iterator's state is the
-step, which the state holds.
+Layout (every path goes through ``etils.epath``, so a ``gs://`` workdir works as orbax
+and the Flax examples do)::
+
+    run.json              config + class count (what embed/search rebuild the model from)
+    untrained.json        metrics before training (eval.at_start), kept across resumes
+    metrics.jsonl         every logged scalar, truncated to the restored step on resume
+    results.json          final, best and untrained metrics of the finished run
+    checkpoints/<step>/   the latest checkpoints (state + checksums)
+    best/<step>/          the best checkpoint by the primary metric (+ its metrics)
+    best/metrics.json     a copy of those metrics
+    damaged/              checkpoints that failed verification, moved aside (never deleted)
+    tensorboard/, *.png   TensorBoard files and figures
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
+kill mid-save leaves the previous one restorable. Each checkpoint also stores a CRC-32 of
+every array; a restore recomputes them and checks that the state is finite, and falls back
+to the newest checkpoint that verifies. JSON files are written to a temporary name and
+renamed, so a kill or a full disk leaves the previous version.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
+import time
+import zlib
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a workdir could be restored (each damaged one is named)."""
+
+
+class Workdir:
+  """Paths of a training workdir (see the module doc)."""
+
+  def __init__(self, path):
+    self.path = epath.Path(path)
+
+  def __truediv__(self, name: str) -> epath.Path:
+    return self.path / name
+
+  run_file = property(lambda self: self.path / "run.json")
+  untrained_file = property(lambda self: self.path / "untrained.json")
+  metrics_log = property(lambda self: self.path / "metrics.jsonl")
+  results_file = property(lambda self: self.path / "results.json")
+  checkpoints = property(lambda self: self.path / "checkpoints")
+  best = property(lambda self: self.path / "best")
+  best_metrics_file = property(lambda self: self.path / "best" / "metrics.json")
+  damaged = property(lambda self: self.path / "damaged")
+  tensorboard = property(lambda self: self.path / "tensorboard")
+
+  def exists(self) -> bool:
+    return self.run_file.exists()
+
+
+def is_main_process() -> bool:
+  """One writer for files all hosts share."""
+  return jax.process_index() == 0
+
+
+def write_json(path: epath.Path, obj) -> None:
+  """Writes ``obj`` as JSON atomically: a temporary file, then a rename over ``path``."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{path.name}.tmp"
+  tmp.write_text(json.dumps(obj, indent=1, default=str))
+  tmp.replace(path)
+
+
+def read_json(path: epath.Path, what: str):
+  """The JSON in ``path``; None if it is missing or damaged (a damaged one is logged)."""
+  path = epath.Path(path)
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    logging.warning("%s %s is damaged (%s); ignoring it.", what, path, e)
+    return None
+
+
+def _leaves(state_dict) -> dict[str, np.ndarray]:
+  """``{"params/model/...": host array}`` of a (replicated) state dict."""
+  flat = flax.traverse_util.flatten_dict(state_dict, sep="/")
+  out = {}
+  for k, v in flat.items():
+    if isinstance(v, jax.Array) and not v.is_fully_addressable:
+      v = v.addressable_data(0)  # Replicated: any local copy is the whole array.
+    out[k] = np.asarray(v)
+  return out
+
+
+def checksums(state_dict) -> dict[str, int]:
+  """CRC-32 of every array's bytes, by path."""
+  return {k: zlib.crc32(np.ascontiguousarray(v).tobytes()) for k, v in _leaves(state_dict).items()}
+
+
+def _verify(state_dict, expected: dict[str, int]) -> str | None:
+  """None if the restored state matches its checksums and is finite, else what is wrong."""
+  leaves = _leaves(state_dict)
+  for k, v in leaves.items():
+    if expected.get(k) != zlib.crc32(np.ascontiguousarray(v).tobytes()):
+      return f"{k} does not match its checksum"
+    if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
+      return f"{k} holds NaN/inf"
+  missing = sorted(set(expected) - set(leaves))
+  return f"{missing[0]} is missing" if missing else None
 
 
 class Checkpoints:
-  def __init__(self, workdir: str, max_to_keep: int = 2):
-    self.dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.best_dir = os.path.abspath(os.path.join(workdir, "best"))
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    self.latest = ocp.CheckpointManager(self.dir, options=opts)
+  """The latest checkpoints (for resume) and the best one, verified on restore."""
+
+  def __init__(self, workdir: Workdir, max_to_keep: int = 2):
+    self.workdir = workdir
+    self.latest = ocp.CheckpointManager(
+        workdir.checkpoints, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                                  create=True))
     self.best = ocp.CheckpointManager(
-        self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        workdir.best, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def _save(self, mngr: ocp.CheckpointManager, state, step: int, meta: dict) -> None:
+    state_dict = flax.serialization.to_state_dict(state)
+    meta = {"step": step, "checksums": checksums(state_dict), **meta}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+
   def save(self, state, step: int) -> None:
-    self.latest.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+    self._save(self.latest, state, step, {})
 
   def save_best(self, state, step: int, metrics: dict) -> None:
-    self.best.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                   force=True)
+    """Saves the best checkpoint with its ``metrics`` (and ``best/metrics.json``). A best
+    checkpoint at or after ``step`` belongs to a run being replayed from an earlier
+    checkpoint: it is replaced."""
+    for old in self.best.all_steps():
+      if old >= step:
+        self.best.delete(old)
+    self._save(self.best, state, step, {"metrics": metrics})
     self.best.wait_until_finished()
-    if jax.process_index() != 0:  # One writer on a filesystem all hosts share.
-      return
-    with open(os.path.join(self.best_dir, "metrics.json"), "w") as f:
-      json.dump({"step": step, **metrics}, f, indent=1)
+    if is_main_process():
+      write_json(self.workdir.best_metrics_file, {"step": step, **metrics})
 
-  def restore(self, state, step: int | None = None, best: bool = False):
-    """Restores into the structure (and shardings) of ``state``."""
+  def best_metrics(self) -> dict | None:
+    """The best checkpoint's metrics: ``best/metrics.json``, or (when that file is missing or
+    damaged) the copy stored in the checkpoint itself; None without a best checkpoint."""
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    saved = read_json(self.workdir.best_metrics_file, "best/metrics.json")
+    if saved is not None and saved.get("step") == step:
+      return saved
+    meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if is_main_process():
+      write_json(self.workdir.best_metrics_file, {"step": step, **meta["metrics"]})
+    logging.warning("Recovered best/metrics.json from the best checkpoint (step %d).", step)
+    return {"step": step, **meta["metrics"]}
+
+  def restore(self, abstract_state, *, best: bool = False):
+    """``(state, step)``: the newest checkpoint (best or latest) that restores and verifies,
+    into the structure and shardings of ``abstract_state`` (``ShapeDtypeStruct`` leaves).
+
+    A checkpoint that fails is moved to ``damaged/`` with one warning naming it, and the
+    next older one is tried. Raises :class:`CheckpointError` if none restores.
+    """
     mngr = self.best if best else self.latest
-    step = mngr.latest_step() if step is None else step
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(state))
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
-    return flax.serialization.from_state_dict(state, restored)
+    target = flax.serialization.to_state_dict(abstract_state)
+    kind = "best" if best else "latest"
+    damaged = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+      try:
+        out = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        problem = _verify(out["state"], out["meta"]["checksums"])
+      except Exception as e:  # noqa: BLE001  Any failure to read a checkpoint is damage.
+        problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      if problem is None:
+        return flax.serialization.from_state_dict(abstract_state, out["state"]), step
+      damaged.append(f"step {step} ({problem})")
+      self._move_aside(mngr, step, kind, problem)
+    raise CheckpointError(f"No {kind} checkpoint in {self.workdir.path} could be restored: "
+                          + ("; ".join(damaged) or "there is none") + ".")
+
+  def _move_aside(self, mngr: ocp.CheckpointManager, step: int, kind: str, problem: str) -> None:
+    src = epath.Path(mngr.directory) / str(step)
+    dst = self.workdir.damaged / f"{kind}-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if is_main_process():
+      self.workdir.damaged.mkdir(parents=True, exist_ok=True)
+      src.rename(dst)
+    multihost_utils.sync_global_devices(f"checkpoint {kind} {step} moved aside")
+    logging.warning("The %s checkpoint step %d is damaged (%s): moved to %s; trying the "
+                    "previous one.", kind, step, problem, dst)
+    mngr.reload()
 
   def wait(self) -> None:
     self.latest.wait_until_finished()

@@ -1,32 +1,37 @@
-"""Evaluation: embed a split under jit (sharded, padded, masked), then the metrics.
-
-Also reports the uncertainty embedding's mean norm and its correlation with per-query
-retrieval failure (a miss at Recall@1): a useful uncertainty is larger where retrieval
-fails.
-"""
+"""Evaluation during training: embed a split under jit (sharded, padded, masked), then the
+metrics of :mod:`idml_jax.evaluation`."""
 
 from __future__ import annotations
 
+import logging
+
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental.multihost_utils import process_allgather
 
-from idml_jax.data import eval_batches
-from idml_jax.evaluation import clustering_metrics, retrieval_metrics
+from idml_jax import evaluation
+from idml_jax.config import uses_idml
+from idml_jax.data import SkipCounter, eval_batches, transforms
 from idml_jax.train.steps import Steps, to_global
 
 
-def embed_split(steps: Steps, state, source) -> dict[str, np.ndarray]:
+def embed_split(steps: Steps, state, source, skipped: SkipCounter | None = None, *,
+                augment_seed=None) -> dict[str, np.ndarray]:
   """Embeds every image of ``source``: ``semantic`` [N, D] (classification: ``logits``
   [N, C]), ``uncertainty_norm`` [N], ``labels`` [N], ``index`` [N] (unreadable images
-  dropped)."""
+  dropped and counted in ``skipped``). The config's test transform, or with
+  ``augment_seed`` its training augmentation (a function of the seed and the image)."""
   cfg = steps.config
+  train_transform, test_transform = transforms.from_config(cfg)
+  transform = test_transform if augment_seed is None else train_transform
   outs, idx = [], []
   for local in eval_batches(source, batch_size=cfg.eval.batch_size,
                             image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(),
-                            num_threads=cfg.data.num_threads):
+                            num_threads=cfg.data.num_threads, skipped=skipped,
+                            transform=transform, seed=augment_seed):
     out = steps.embed(state, to_global(steps.mesh, {"image": local["image"]})["image"])
     outs.append(jax.device_get(out))
     # Global rows are the processes' local rows in process order.
@@ -38,47 +43,70 @@ def embed_split(steps: Steps, state, source) -> dict[str, np.ndarray]:
   return {**out, "labels": source.labels[idx[keep]], "index": idx[keep]}
 
 
-def uncertainty_report(uncertainty_norm: np.ndarray, first_hit_rank: np.ndarray) -> dict:
-  """Mean uncertainty and its Pearson correlation with failure at Recall@1."""
-  fail = (first_hit_rank > 0).astype(np.float64)
-  out = {"uncertainty_mean": float(np.mean(uncertainty_norm))}
-  if np.std(uncertainty_norm) > 0 and 0 < fail.mean() < 1:
-    out["uncertainty_failure_corr"] = float(np.corrcoef(uncertainty_norm, fail)[0, 1])
-  return out
+def evaluation_splits(splits: dict) -> tuple[str, ...]:
+  """The splits evaluation embeds: ``test``, or In-Shop's ``query`` and ``gallery``."""
+  return ("query", "gallery") if "query" in splits else ("test",)
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray,
-                           ks: tuple[int, ...] = (1, 5)) -> tuple[dict, np.ndarray]:
-  """Top-k accuracies of logits [N, C]; also the rank of the true class per image [N]."""
-  true = np.take_along_axis(logits, labels[:, None], axis=1)
-  rank = np.sum(logits > true, axis=1)  # Ties count in the label's favour.
-  return {f"top{k}": float(np.mean(rank < k)) for k in ks if k <= logits.shape[1]}, rank
+def check_splits(config: ml_collections.ConfigDict, splits: dict) -> None:
+  """Refuses, before any training, test splits too small for the configured metrics, and
+  warns about degenerate ones (metrics that cannot mean anything)."""
+  if config.task == "classification":
+    return
+  names = evaluation_splits(splits)
+  labels = [splits[n].labels for n in names]
+  gallery = len(labels[-1]) - (1 if len(names) == 1 else 0)
+  if max(config.eval.ks) > gallery:
+    raise ValueError(f"eval.ks={tuple(config.eval.ks)} needs at least {max(config.eval.ks)} "
+                     f"gallery items, but the {names[-1]} split has {gallery}"
+                     f"{' besides each query' if len(names) == 1 else ''}: use "
+                     f"--config.eval.ks=... with smaller K, or a larger test split.")
+  classes, counts = np.unique(labels[-1], return_counts=True)
+  if len(classes) < 2:
+    logging.warning("The %s split has a single class: every neighbour is relevant, so "
+                    "Recall@K, R-Precision and MAP@R are trivially 1.", names[-1])
+  elif len(names) == 1 and np.all(counts < 2):
+    logging.warning("No class of the test split has two images: no query has a relevant "
+                    "item, so every retrieval metric is 0.")
 
 
-def evaluate(steps: Steps, state, splits: dict) -> tuple[dict, dict]:
-  """Metrics on the test split (or In-Shop's query→gallery). Returns (metrics, embeddings)."""
+def evaluate(steps: Steps, state, splits: dict,
+             skipped: dict[str, SkipCounter] | None = None) -> tuple[dict, dict]:
+  """Metrics on the test split (or In-Shop's query→gallery).
+
+  Returns ``(metrics, emb)``: ``emb`` holds the embedded (query) split and per-query
+  ``failed`` [Q] (a miss at Recall@1, a top-1 error), ``first_hit_rank`` and, for
+  retrieval, ``nearest_score`` / ``second_score`` of the nearest gallery items.
+  """
   cfg = steps.config
+  skipped = skipped or {}
+  embedded = {n: embed_split(steps, state, splits[n], skipped.get(n))
+              for n in evaluation_splits(splits)}
   if cfg.task == "classification":
-    emb = embed_split(steps, state, splits["test"])
-    metrics, ranks = classification_metrics(emb["logits"], emb["labels"])
-    if cfg.method == "idml":
-      metrics.update(uncertainty_report(emb["uncertainty_norm"], ranks))
-    emb["first_hit_rank"] = ranks
-    return metrics, emb
-  ks = tuple(cfg.eval.ks)
-  if "query" in splits:
-    q, g = embed_split(steps, state, splits["query"]), embed_split(steps, state, splits["gallery"])
-    metrics, ranks = retrieval_metrics(q["semantic"], q["labels"], g["semantic"], g["labels"],
-                                       ks=ks, backend=cfg.eval.backend, per_query=True)
-    emb = q
+    emb = embedded["test"]
+    rank = evaluation.true_class_rank(emb["logits"], emb["labels"])
+    metrics = evaluation.classification_metrics(emb["logits"], emb["labels"])
+    emb.update(first_hit_rank=rank, failed=rank > 0)
   else:
-    emb = embed_split(steps, state, splits["test"])
-    metrics, ranks = retrieval_metrics(emb["semantic"], emb["labels"], ks=ks,
-                                       backend=cfg.eval.backend, per_query=True)
-    if cfg.eval.nmi:
-      metrics.update(clustering_metrics(emb["semantic"], emb["labels"], backend=cfg.eval.kmeans,
-                                        seed=cfg.seed))
-  if cfg.method in ("idml", "idml+iaa"):
-    metrics.update(uncertainty_report(emb["uncertainty_norm"], ranks))
-  emb["first_hit_rank"] = ranks
+    ks = tuple(cfg.eval.ks)
+    emb, gallery = (embedded["query"], embedded["gallery"]) if "query" in embedded else \
+        (embedded["test"], None)
+    ranks = evaluation.query_ranks(
+        emb["semantic"], emb["labels"], None if gallery is None else gallery["semantic"],
+        None if gallery is None else gallery["labels"], max_k=max(ks), backend=cfg.eval.backend)
+    metrics = ranks.metrics(ks)
+    emb.update(first_hit_rank=ranks.first_hit_rank, failed=ranks.first_hit_rank > 0,
+               nearest_score=ranks.nearest_score, second_score=ranks.second_score,
+               **{f"query_{k}": v for k, v in ranks.per_query().items()})
+    if cfg.eval.nmi and gallery is None:
+      metrics.update(evaluation.clustering_metrics(emb["semantic"], emb["labels"],
+                                                   backend=cfg.eval.kmeans, seed=cfg.seed))
+  if uses_idml(cfg.method):
+    metrics.update(evaluation.uncertainty_report(emb["uncertainty_norm"], emb["failed"]))
+  for name, e in embedded.items():
+    metrics[f"images_{name}"] = len(e["labels"])
+    lost = len(splits[name]) - len(e["labels"])
+    if lost:
+      logging.warning("%d of %d %s images could not be read: the metrics are over the %d "
+                      "that could.", lost, len(splits[name]), name, len(e["labels"]))
   return metrics, emb

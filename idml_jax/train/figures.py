@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 
 import numpy as np
 from matplotlib.figure import Figure  # No pyplot: no global backend change, thread-safe.
 
 from idml_jax.data.transforms import eval_transform
 from idml_jax.evaluation import knn
-from idml_jax.evaluation.retrieval import l2_normalize_np
+from idml_jax.ops import l2_normalize_np
+from idml_jax.train.checkpoint import Workdir
+from idml_jax.train.reporting import read_metrics
 
 
-def training_curves(workdir: str, metric: str = "recall@1") -> str:
+def training_curves(workdir: Workdir, metric: str = "recall@1") -> str:
   """Training loss and the test ``metric`` (``recall@1``, ``top1``) against the step."""
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  rows = read_metrics(workdir)
   fig = Figure(figsize=(10, 3.5))
   axes = fig.subplots(1, 2)
   for ax, key, title in ((axes[0], "train/loss", "training loss"),
@@ -30,10 +31,11 @@ def training_curves(workdir: str, metric: str = "recall@1") -> str:
   return _save(fig, workdir, "training_curves.png")
 
 
-def _save(fig: Figure, workdir: str, name: str) -> str:
-  path = os.path.join(workdir, name)
-  fig.savefig(path, dpi=100)
-  return path
+def _save(fig: Figure, workdir: Workdir, name: str) -> str:
+  path = workdir / name
+  with path.open("wb") as f:
+    fig.savefig(f, dpi=100, format="png")
+  return str(path)
 
 
 def neighbour_grid(emb: dict, source, queries: np.ndarray, neighbours: np.ndarray, k: int = 5,
@@ -60,11 +62,16 @@ def neighbour_grid(emb: dict, source, queries: np.ndarray, neighbours: np.ndarra
   return fig
 
 
-def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int = 5,
-                   size: int = 96) -> str:
-  """``retrieval_grid.png``: evenly spaced queries and their top-k neighbours."""
+def retrieval_grid(workdir: Workdir, emb: dict, source, num_queries: int = 6, k: int = 5,
+                   size: int = 96) -> str | None:
+  """``retrieval_grid.png``: evenly spaced queries and their top-k neighbours (fewer on a
+  small split; None, with a note, below two images)."""
   x = l2_normalize_np(emb["semantic"])
-  queries = np.linspace(0, len(x) - 1, num_queries).astype(int)
+  k = min(k, len(x) - 1)
+  if k < 1:
+    logging.warning("No retrieval_grid.png: the test split has %d image(s).", len(x))
+    return None
+  queries = np.unique(np.linspace(0, len(x) - 1, num_queries).astype(int))
   _, nbr = knn.jax_search(x[queries], x, k + 1)
   return _save(neighbour_grid(emb, source, queries, nbr, k, size), workdir,
                "retrieval_grid.png")
@@ -73,7 +80,7 @@ def retrieval_grid(workdir: str, emb: dict, source, num_queries: int = 6, k: int
 def error_rate_by_uncertainty(emb: dict, bins: int = 5) -> np.ndarray:
   """Recall@1 (classification: top-1) failure rate [bins] per uncertainty quantile bin."""
   u = emb["uncertainty_norm"]
-  fail = (emb["first_hit_rank"] > 0).astype(float)
+  fail = emb["failed"].astype(float)
   edges = np.quantile(u, np.linspace(0, 1, bins + 1))
   which = np.clip(np.searchsorted(edges, u, side="right") - 1, 0, bins - 1)
   return np.asarray([fail[which == b].mean() if np.any(which == b) else np.nan
@@ -94,7 +101,7 @@ def uncertainty_figure(emb: dict, bins: int = 5) -> Figure:
   return fig
 
 
-def uncertainty_vs_error(workdir: str, emb: dict, bins: int = 5) -> str | None:
+def uncertainty_vs_error(workdir: Workdir, emb: dict, bins: int = 5) -> str | None:
   """``uncertainty_vs_error.png`` (IDML methods only: None without an uncertainty)."""
   if not np.any(emb["uncertainty_norm"]):
     return None

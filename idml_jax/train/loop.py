@@ -1,11 +1,17 @@
-"""``train_and_evaluate(config, workdir)``: the whole main job, testable on a tiny config."""
+"""``train_and_evaluate(config, workdir)``: the whole main job, testable on a tiny config.
+
+A run is resumable from its workdir: the same command continues from the newest
+checkpoint that verifies. Before anything is written, the config is compared with the
+one the workdir recorded (``config.run_changes``): a change that would make a different
+run is refused, the allowed ones (more epochs, evaluation and logging settings, data
+locations) are recorded in ``run.json``.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
-import os
 import time
 
 import jax
@@ -13,41 +19,156 @@ import ml_collections
 import numpy as np
 
 from idml_jax import config as config_lib
-from idml_jax import data, iaa, inference
-from idml_jax.train import figures, objective
-from idml_jax.train.checkpoint import Checkpoints
-from idml_jax.train.evaluate import embed_split, evaluate
+from idml_jax import data, iaa
+from idml_jax.evaluation import NonFiniteEmbeddingsError
+from idml_jax.models import get_backbone
+from idml_jax.train import figures
+from idml_jax.train.checkpoint import (
+    Checkpoints,
+    Workdir,
+    is_main_process,
+    read_json,
+    write_json,
+)
+from idml_jax.train.evaluate import check_splits, embed_split, evaluate
 from idml_jax.train.reporting import MetricWriter, Progress
-from idml_jax.train.state import create, make_model
-from idml_jax.train.steps import Steps, make_mesh, replicate, to_global
+from idml_jax.train.steps import Steps, make_mesh, to_global
 
 
 class NonFiniteLossError(RuntimeError):
   pass
 
 
-def _sampler(config, train_source):
-  if config.data.sampler == "balanced":
-    return data.ClassBalancedSampler(train_source.labels, config.batch_size,
-                                     config.data.images_per_class, seed=config.seed)
-  return data.RandomSampler(len(train_source), config.batch_size, seed=config.seed)
+def primary_metric(config: ml_collections.ConfigDict) -> str:
+  """The metric that picks the best checkpoint."""
+  return "top1" if config.task == "classification" else "recall@1"
 
 
-def _maybe_update_class_stats(steps: Steps, state, train_source, epoch: int):
+@dataclasses.dataclass
+class Run:
+  """What the phases of a run share: its data, model, compiled steps and checkpoints."""
+
+  config: ml_collections.ConfigDict
+  workdir: Workdir
+  splits: dict
+  num_classes: int
+  sampler: object
+  steps_per_epoch: int
+  steps: Steps
+  ckpts: Checkpoints
+  skipped: dict[str, data.SkipCounter]
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.config.num_epochs
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str, devices=None, *,
+             mode: str = "train") -> Run:
+  """Validates ``config`` against the schema and the workdir's recorded run (before
+  touching anything), loads the data, builds the model and the abstract state."""
+  config_lib.validate(config)
+  wd = Workdir(workdir)
+  recorded = read_json(wd.run_file, "run.json")
+  if mode == "eval" and recorded is None:
+    raise FileNotFoundError(f"{wd.run_file} not found: {workdir!r} holds no training run "
+                            "(train first with --mode=train).")
+  changes = config_lib.run_changes(recorded["config"], config) if recorded else {}
+  splits = data.load_splits(config.data.name, config.data.source, config.data.data_dir or None)
+  check_splits(config, splits)
+  train_source = splits["train"]
+  num_classes = int(train_source.labels.max()) + 1
+  if recorded and recorded["num_classes"] != num_classes:
+    raise config_lib.ConfigMismatchError(
+        f"The training split now has {num_classes} classes; the run in {workdir} was trained "
+        f"on {recorded['num_classes']}: is data.data_dir the same dataset?")
+  sampler = data.SAMPLERS[config.data.sampler](
+      train_source.labels, config.batch_size, config.data.images_per_class, config.seed)
+  steps_per_epoch = sampler.steps_per_epoch(config.max_steps_per_epoch or None)
+  mesh = make_mesh(devices)
+  for key, value in (("batch_size", config.batch_size),
+                     ("eval.batch_size", config.eval.batch_size)):
+    if value % mesh.size:
+      raise ValueError(f"{key}={value} must be a multiple of the {mesh.size} devices.")
+  steps = Steps.build(config, num_classes, steps_per_epoch, mesh)
+  if mode == "train" and is_main_process() and (recorded is None or changes):
+    history = (recorded or {}).get("changes", [])
+    if changes:
+      history.append({"changed": {k: list(v) for k, v in changes.items()}})
+    write_json(wd.run_file, {"config": config.to_dict(), "num_classes": num_classes,
+                             "changes": history})
+  return Run(config, wd, splits, num_classes, sampler, steps_per_epoch, steps, Checkpoints(wd),
+             {name: data.SkipCounter() for name in (*splits, "iaa")})
+
+
+def _warn_about_weights(config: ml_collections.ConfigDict) -> None:
+  if config.model.pretrained:
+    return
+  mode = config_lib.batch_norm_mode(config)
+  if mode != "train":
+    logging.warning("model.batch_norm=%r without pretrained weights: BatchNorm stays at its "
+                    "initial statistics and the network trains with no normalisation. Use "
+                    "--config.model.batch_norm=train (or auto).", mode)
+  if not get_backbone(config.model.backbone).weights.startswith("none"):
+    logging.warning("Training %s from scratch (no model.pretrained): the papers start from "
+                    "ImageNet weights (%s; README, 'Pretrained weights').",
+                    config.model.backbone, get_backbone(config.model.backbone).weights)
+
+
+def _initial_state(run: Run):
+  """``(state, step)``: the newest verified checkpoint, or a fresh state."""
+  if run.ckpts.latest_step() is not None:
+    state, step = run.ckpts.restore(run.steps.abstract)
+    logging.info("Resumed from %s at step %d.", run.workdir.checkpoints, step)
+    return state, step
+  _warn_about_weights(run.config)
+  return run.steps.fresh_state(), 0
+
+
+def _evaluate(run: Run, state, step: int) -> tuple[dict, dict]:
+  """Metrics of ``state`` (at ``step``), refusing non-finite embeddings with the context."""
+  try:
+    metrics, emb = evaluate(run.steps, state, run.splits, run.skipped)
+  except NonFiniteEmbeddingsError as e:
+    last = run.ckpts.latest_step()
+    raise NonFiniteEmbeddingsError(
+        f"Evaluation at step {step}: {e} The last checkpoint is step {last} in "
+        f"{run.workdir.checkpoints}.") from None
+  return metrics, emb
+
+
+def _maybe_update_class_stats(run: Run, state, epoch: int):
   """Re-estimates the IAA statistics over the whole training set when they are due."""
-  cfg = steps.config.iaa
-  due = (objective.uses_iaa(steps.config.method) and epoch >= cfg.start_epoch
+  cfg = run.config.iaa
+  due = (config_lib.uses_iaa(run.config.method) and epoch >= cfg.start_epoch
          and (epoch - cfg.start_epoch) % cfg.update_every == 0
          and int(state.class_stats_epoch) < epoch)
   if not due:
     return state
   t = time.perf_counter()
-  emb = embed_split(steps, state, train_source)
-  stats = steps.update_class_stats(state.class_stats, emb["semantic"],
-                                   emb["labels"].astype(np.int32))
+  emb = embed_split(run.steps, state, run.splits["train"], run.skipped["iaa"],
+                    augment_seed=[run.config.seed, epoch] if cfg.estimate_augmented else None)
+  stats = run.steps.update_class_stats(state.class_stats, emb["semantic"],
+                                       emb["labels"].astype(np.int32))
   logging.info("IAA class statistics re-estimated at epoch %d over %d images (%.1f s).", epoch,
                len(emb["labels"]), time.perf_counter() - t)
   return state.replace(class_stats=stats, class_stats_epoch=np.int32(epoch))
+
+
+def _finite_scalars(metrics: dict, step: int, ckpts: Checkpoints) -> dict[str, float]:
+  """Host copies of the step's metrics; stops the run if any is NaN/inf."""
+  scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not all(math.isfinite(v) for v in scalars.values()):
+    last = ckpts.latest_step()
+    where = (f"The last good checkpoint is step {last} in {ckpts.workdir.checkpoints}."
+             if last is not None else "No checkpoint was written yet.")
+    bad = ", ".join(k for k, v in scalars.items() if not math.isfinite(v))
+    raise NonFiniteLossError(f"Non-finite training metrics ({bad}) at step {step}. {where}")
+  return scalars
+
+
+def _skipped(run: Run) -> dict[str, int]:
+  return {name: c.count for name, c in run.skipped.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -56,151 +177,115 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
   ``devices``: the devices of the data-parallel mesh (default: all).
   """
-  config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
-  splits = data.load_splits(config.data.name, config.data.source, config.data.data_dir or None)
-  train_source = splits["train"]
-  num_classes = int(train_source.labels.max()) + 1
-  sampler = _sampler(config, train_source)
-  max_steps = config.max_steps_per_epoch or None
-  steps_per_epoch = sampler.steps_per_epoch(max_steps)
-  total_steps = steps_per_epoch * config.num_epochs
-
-  mesh = make_mesh(devices)
-  for key, value in (("batch_size", config.batch_size),
-                     ("eval.batch_size", config.eval.batch_size)):
-    if value % mesh.size:
-      raise ValueError(f"{key}={value} must be a multiple of the {mesh.size} devices.")
-  model = make_model(config, num_classes)
-  state, tx = create(config, model, num_classes, steps_per_epoch)
-  state = replicate(mesh, state)
-  steps = Steps(config, model, tx, mesh)
-
-  inference.write_run_file(workdir, config, num_classes)
-  ckpts = Checkpoints(workdir)
-  start = ckpts.latest_step()
-  if start is not None:
-    state = ckpts.restore(state, start)
-    logging.info("Resumed from %s at step %d.", ckpts.dir, start)
-  start = int(state.step)
-  writer = MetricWriter(workdir, enabled=is_main)
-  progress = Progress(total_steps, config.batch_size, config.log_every_steps)
-  skipped = data.SkipCounter()
-  best = _read_best(workdir)
-  what = (f"classification ({config.method}, mixing {config.classification.mixing})"
-          if config.task == "classification" else f"{config.method} | {config.loss.name}")
+  run = open_run(config, workdir, devices)
+  state, start = _initial_state(run)
+  cfg, wd, ckpts = run.config, run.workdir, run.ckpts
+  total = run.total_steps
+  writer = MetricWriter(wd, resume_step=start, enabled=is_main_process())
+  progress = Progress(total, cfg.batch_size, cfg.log_every_steps)
+  best = ckpts.best_metrics()
+  metric = primary_metric(cfg)
+  what = (f"classification ({cfg.method}, mixing {cfg.classification.mixing})"
+          if cfg.task == "classification" else f"{cfg.method} | {cfg.loss.name}")
   logging.info("%s on %s | %d classes, %d images | %d epochs × %d steps | %d devices",
-               what, config.data.name, num_classes,
-               len(train_source), config.num_epochs, steps_per_epoch, mesh.size)
-
+               what, cfg.data.name, run.num_classes, len(run.splits["train"]), cfg.num_epochs,
+               run.steps_per_epoch, run.steps.mesh.size)
   batches = data.train_batches(
-      train_source, sampler, image_size=config.data.image_size, seed=config.seed,
-      start_step=start, num_steps=total_steps - start, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_threads=config.data.num_threads,
-      worker_count=config.data.worker_count, skipped=skipped,
-      transform=data.transforms.TRAIN_TRANSFORMS[config.data.augment])
-  metrics, untrained, last_eval = {}, None, None
-  key = primary_metric(config)  # Picks the best checkpoint.
-  if config.eval.at_start and start == 0:
-    untrained, _ = evaluate(steps, state, splits)
+      run.splits["train"], run.sampler, image_size=cfg.data.image_size, seed=cfg.seed,
+      start_step=start, num_steps=total - start, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_threads=cfg.data.num_threads,
+      worker_count=cfg.data.worker_count, skipped=run.skipped["train"],
+      transform=data.transforms.from_config(cfg)[0])
+  untrained = read_json(wd.untrained_file, "untrained.json")
+  if cfg.eval.at_start and start == 0:
+    untrained, _ = _evaluate(run, state, 0)
     writer.write(0, untrained, "eval/")
+    if is_main_process():
+      write_json(wd.untrained_file, untrained)
     logging.info("untrained: %s", " ".join(f"{k}={v:.4f}" for k, v in untrained.items()))
-  t_start = time.perf_counter()
+  last_eval, t_start = None, time.perf_counter()
   try:
-    for step in range(start, total_steps):
-      epoch = step // steps_per_epoch
-      if step % steps_per_epoch == 0:
-        state = _maybe_update_class_stats(steps, state, train_source, epoch)
-      batch = to_global(mesh, {k: v for k, v in next(batches).items() if k in ("image", "label")})
-      synthesize = objective.uses_iaa(config.method) and epoch >= config.iaa.start_epoch
-      strength = float(iaa.strength_schedule(config.iaa.strength, epoch, config.num_epochs)
+    for step in range(start, total):
+      epoch = step // run.steps_per_epoch
+      if step % run.steps_per_epoch == 0:
+        state = _maybe_update_class_stats(run, state, epoch)
+      batch = to_global(run.steps.mesh,
+                        {k: v for k, v in next(batches).items() if k in ("image", "label")})
+      synthesize = config_lib.uses_iaa(cfg.method) and epoch >= cfg.iaa.start_epoch
+      strength = float(iaa.strength_schedule(cfg.iaa.strength, epoch, cfg.num_epochs)
                        ) if synthesize else 0.0
-      state, metrics = steps.train_step(
+      state, metrics = run.steps.train_step(
           state, batch, strength, synthesize=synthesize,
-          train_backbone=epoch >= config.optimizer.warmup_epochs)
+          train_backbone=epoch >= cfg.optimizer.warmup_epochs)
       done = step + 1
-      epoch_end = done % steps_per_epoch == 0
-      if done % config.log_every_steps == 0 or epoch_end:  # Always checked before saving.
+      epoch_end = done % run.steps_per_epoch == 0
+      if done % cfg.log_every_steps == 0 or epoch_end:  # Always checked before saving.
         scalars = _finite_scalars(metrics, done, ckpts)
-        if done % config.log_every_steps == 0:
+        if done % cfg.log_every_steps == 0:
           scalars.update(progress(done, scalars))
           writer.write(done, scalars, "train/")
-      if epoch_end:
-        ep = done // steps_per_epoch
-        if ep % config.eval.every_epochs == 0 or done == total_steps:
-          metrics_eval, emb = evaluate(steps, state, splits)
-          last_eval = (dict(metrics_eval), emb) if done == total_steps else None
-          metrics_eval["skipped_images"] = skipped.count
-          writer.write(done, metrics_eval, "eval/")
-          logging.info("epoch %d: %s", ep, " ".join(f"{k}={v:.4f}" for k, v in
-                                                    metrics_eval.items()))
-          if best is None or metrics_eval[key] > best[key]:
-            best = {"epoch": ep, **metrics_eval}
-            ckpts.save_best(state, done, best)
-        if ep % config.checkpoint_every_epochs == 0 or done == total_steps:
-          ckpts.save(state, done)
+      if not epoch_end:
+        continue
+      ep = done // run.steps_per_epoch
+      if ep % cfg.eval.every_epochs == 0 or done == total:
+        metrics_eval, emb = _evaluate(run, state, done)
+        last_eval = (dict(metrics_eval), emb) if done == total else None
+        writer.write(done, {**metrics_eval, **{f"skipped_{k}": v for k, v in
+                                               _skipped(run).items()}}, "eval/")
+        logging.info("epoch %d: %s", ep, " ".join(f"{k}={v:.4f}" for k, v in metrics_eval.items()))
+        if best is None or metrics_eval[metric] > best[metric]:
+          best = {"epoch": ep, **metrics_eval}
+          ckpts.save_best(state, done, best)
+      if ep % cfg.checkpoint_every_epochs == 0 or done == total:
+        ckpts.save(state, done)
   except KeyboardInterrupt:
-    logging.warning("Interrupted: the last complete checkpoint (step %s) in %s is kept.",
-                    ckpts.latest_step(), ckpts.dir)
+    logging.warning("Interrupted: the last complete checkpoint (step %s) in %s is kept; "
+                    "re-run the same command to resume.", ckpts.latest_step(), wd.checkpoints)
     raise
   finally:
     ckpts.wait()
     writer.close()
-  return _finish(config, workdir, steps, state, splits, best, untrained, last_eval, total_steps,
-                 start, time.perf_counter() - t_start, ckpts)
-
-
-def primary_metric(config: ml_collections.ConfigDict) -> str:
-  return "top1" if config.task == "classification" else "recall@1"
-
-
-def _finite_scalars(metrics: dict, step: int, ckpts: Checkpoints) -> dict[str, float]:
-  """Host copies of the step's metrics; stops the run if any is NaN/inf."""
-  scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not all(math.isfinite(v) for v in scalars.values()):
-    last = ckpts.latest_step()
-    where = (f"The last good checkpoint is step {last} in {ckpts.dir}." if last is not None
-             else "No checkpoint was written yet.")
-    raise NonFiniteLossError(f"Non-finite training metrics at step {step}: {scalars}. {where}")
-  return scalars
-
-
-def _read_best(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "best", "metrics.json")
-  return json.load(open(path)) if os.path.exists(path) else None
-
-
-def _finish(config, workdir, steps, state, splits, best, untrained, last_eval, total_steps, start,
-            seconds, ckpts):
-  final, emb = last_eval or evaluate(steps, state, splits)
+  final, emb = last_eval or _evaluate(run, state, total)
   ckpts.close()
-  results = {"final": final, "best": best, "untrained": untrained, "steps": total_steps,
-             "train_seconds_this_run": seconds,
-             "steps_this_run": total_steps - start, "config": config.to_dict()}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=1, default=str)
-    figures.training_curves(workdir, primary_metric(config))
-    if "semantic" in emb:
-      figures.retrieval_grid(workdir, emb, splits.get("query", splits.get("test")))
-    figures.uncertainty_vs_error(workdir, emb)
+  results = {"final": final, "best": best, "untrained": untrained, "steps": total,
+             "train_seconds_this_run": time.perf_counter() - t_start,
+             "steps_this_run": total - start, "skipped_images": _skipped(run),
+             "config": cfg.to_dict()}
+  if is_main_process():
+    write_json(wd.results_file, results)
+    _draw_figures(run, emb)
   logging.info("Done. Final: %s", " ".join(f"{k}={v:.4f}" for k, v in final.items()))
   return results
 
 
+def _draw_figures(run: Run, emb: dict) -> None:
+  """The workdir's figures; one that cannot be drawn is skipped with a note."""
+  source = run.splits.get("query", run.splits.get("test"))
+  for name, draw in (("training curves", lambda: figures.training_curves(
+                         run.workdir, primary_metric(run.config))),
+                     ("retrieval grid", lambda: "semantic" in emb and figures.retrieval_grid(
+                         run.workdir, emb, source)),
+                     ("uncertainty figure", lambda: figures.uncertainty_vs_error(
+                         run.workdir, emb))):
+    try:
+      draw()
+    except Exception as e:  # noqa: BLE001  A figure must never lose the results.
+      logging.warning("Could not draw the %s: %s: %s", name, type(e).__name__, e)
+
+
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str, best: bool = True) -> dict:
   """``--mode=eval``: metrics of the best (or latest) checkpoint in ``workdir``."""
-  config_lib.validate(config)
-  splits = data.load_splits(config.data.name, config.data.source, config.data.data_dir or None)
-  num_classes = int(splits["train"].labels.max()) + 1
-  mesh = make_mesh()
-  model = make_model(config, num_classes)
-  ckpts = Checkpoints(workdir)
-  if (ckpts.best if best else ckpts.latest).latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}; train first (--mode=train).")
-  state, tx = create(config, model, num_classes, 1)
-  state = ckpts.restore(replicate(mesh, state), best=best)
-  metrics, _ = evaluate(Steps(config, model, tx, mesh), state, splits)
-  ckpts.close()
-  return metrics
+  run = open_run(config, workdir, mode="eval")
+  use_best = best and run.ckpts.best.latest_step() is not None
+  if best and not use_best:
+    logging.warning("No best checkpoint in %s: evaluating the latest.", workdir)
+  state, step = run.ckpts.restore(run.steps.abstract, best=use_best)
+  try:
+    metrics, _ = evaluate(run.steps, state, run.splits, run.skipped)
+  except NonFiniteEmbeddingsError as e:
+    raise NonFiniteEmbeddingsError(
+        f"Checkpoint step {step} in {workdir} ({'best' if use_best else 'latest'}): {e}"
+    ) from None
+  finally:
+    run.ckpts.close()
+  return {"step": step, **metrics}

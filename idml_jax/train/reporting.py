@@ -1,46 +1,70 @@
 """Metric writers (TensorBoard via tensorboardX, a JSON-lines file, log lines) and progress.
 
 TensorBoard files are written without TensorFlow; ``metrics.jsonl`` in the workdir holds
-every scalar for the figures and for scripts.
+every scalar for the figures and for scripts. On resume the log is cut back to the
+restored step, so a replayed step is never logged twice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+
+from idml_jax.train.checkpoint import Workdir
 
 
 class MetricWriter:
-  def __init__(self, workdir: str, enabled: bool = True):
+  """Writes scalars to ``metrics.jsonl`` and TensorBoard (main process only)."""
+
+  def __init__(self, workdir: Workdir, *, resume_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     self._tb = None
-    if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      except ImportError:  # pragma: no cover - tensorboardX is a declared dependency.
-        logging.warning("tensorboardX missing: no TensorBoard files.")
+    if not enabled:
+      return
+    self._path = workdir.metrics_log
+    self._local = "://" not in str(self._path)  # Object stores cannot append.
+    self._rows = [r for r in read_metrics(workdir) if resume_step and r["step"] <= resume_step]
+    workdir.path.mkdir(parents=True, exist_ok=True)
+    self._path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(workdir.tensorboard))
+    except ImportError:  # pragma: no cover - tensorboardX is a declared dependency.
+      logging.warning("tensorboardX missing: no TensorBoard files.")
 
   def write(self, step: int, scalars: dict[str, float], prefix: str = "") -> None:
     if not self.enabled:
       return
-    scalars = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    row = {"step": step, **{f"{prefix}{k}": float(v) for k, v in scalars.items()}}
+    self._rows.append(row)
+    if self._local:
+      with self._path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    else:
+      self._path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
     if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags: no '@'.
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags: no '@'.
       self._tb.flush()
 
   def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      if self._tb is not None:
-        self._tb.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: Workdir) -> list[dict]:
+  """The rows of ``metrics.jsonl`` (a line cut short by a kill is skipped)."""
+  if not workdir.metrics_log.exists():
+    return []
+  rows = []
+  for line in workdir.metrics_log.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      logging.warning("Skipping a damaged line of %s.", workdir.metrics_log)
+  return rows
 
 
 class Progress:

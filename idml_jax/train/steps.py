@@ -18,10 +18,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from idml_jax import iaa
-from idml_jax.data.transforms import normalize
+from idml_jax.config import batch_norm_mode, neighbor_correction_on
+from idml_jax.data.transforms import color_augment, normalize
 from idml_jax.models import get_backbone
 from idml_jax.train import objective
-from idml_jax.train.state import TrainState
+from idml_jax.train.state import TrainState, abstract_state, init_state, make_model
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -35,39 +36,64 @@ def to_global(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
 def replicate(mesh: Mesh, tree):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return jax.device_put(tree, replicated(mesh))
 
 
 class Steps:
-  """The jitted train and embed steps of one config (compiled once per variant)."""
+  """The jitted train and embed steps of one config (compiled once per variant), with the
+  model, the optimiser, the abstract train state and the mesh they run on."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-               mesh: Mesh):
+               mesh: Mesh, abstract: TrainState, num_classes: int):
     self.config, self.model, self.tx, self.mesh = config, model, tx, mesh
+    self.abstract, self.num_classes = abstract, num_classes
+    self.train_bn = batch_norm_mode(config) == "train"
     # Evaluation always uses BatchNorm's running statistics.
     self.eval_model = (model.clone(backbone=model.backbone.clone(train_bn=False))
-                       if config.model.train_bn else model)
+                       if self.train_bn else model)
     self.spec = get_backbone(config.model.backbone).input_spec
     self.key = jax.random.PRNGKey(config.seed)
     self._train = {}
-    repl = NamedSharding(mesh, P())
-    self.embed = jax.jit(self._embed, out_shardings=repl)
+    self._repl = replicated(mesh)
+    self.embed = jax.jit(self._embed, out_shardings=self._repl)
     self.update_class_stats = jax.jit(self._update_class_stats, donate_argnums=0,
-                                      out_shardings=repl)
-    self._repl = repl
+                                      out_shardings=self._repl)
+
+  @classmethod
+  def build(cls, config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int,
+            mesh: Mesh) -> Steps:
+    """The model of ``config`` for ``num_classes`` training classes, its optimiser (schedules
+    in units of ``steps_per_epoch``) and abstract state, replicated over ``mesh``."""
+    model = make_model(config, num_classes)
+    abstract, tx = abstract_state(config, model, num_classes, steps_per_epoch, replicated(mesh))
+    return cls(config, model, tx, mesh, abstract, num_classes)
+
+  def fresh_state(self, pretrained: bool = True) -> TrainState:
+    """A freshly initialised state (pretrained backbone loaded), replicated on the mesh."""
+    return replicate(self.mesh, init_state(self.config, self.model, self.tx, self.num_classes,
+                                           pretrained=pretrained))
 
   def _apply(self, batch_stats, train_backbone: bool):
     def apply(model_params, images):
-      if not train_backbone:  # Warm-up: no gradient through (or Adam state for) the backbone.
+      if not train_backbone:  # Warm-up: no gradient through the backbone.
         model_params = {**model_params,
                         "backbone": jax.lax.stop_gradient(model_params["backbone"])}
       variables = {"params": model_params, "batch_stats": batch_stats}
-      if not self.config.model.train_bn:
+      if not self.train_bn:
         return self.model.apply(variables, images)
       out, updated = self.model.apply(variables, images, mutable=["batch_stats"])
       return {**out, "batch_stats": updated["batch_stats"]}
     return apply
+
+  def draws(self, step: jax.Array, batch_size: int) -> dict[str, jax.Array]:
+    """The random draws of train step ``step`` (:func:`objective.step_draws`)."""
+    return objective.step_draws(self.config, jax.random.fold_in(self.key, step), batch_size,
+                                self.config.data.image_size)
 
   def train_step(self, state: TrainState, batch: dict, strength: float, *, synthesize: bool,
                  train_backbone: bool) -> tuple[TrainState, dict]:
@@ -80,12 +106,15 @@ class Steps:
     return self._train[variant](state, batch, jnp.float32(strength))
 
   def _train_step(self, state, batch, strength, *, synthesize, train_backbone):
-    key = jax.random.fold_in(self.key, state.step)
-    images = normalize(batch["image"], self.spec)
+    draws = self.draws(state.step, batch["image"].shape[0])
+    images = batch["image"]
+    if "color" in draws:  # The ImageNet recipe's colour jitter + lighting, on [0, 1] RGB.
+      images = color_augment(images.astype(jnp.float32) / 255.0, draws["color"])
+    images = normalize(images, self.spec)
     apply_fn = self._apply(state.batch_stats, train_backbone)
 
     def loss_fn(params):
-      return objective.total_loss(self.config, apply_fn, params, images, batch["label"], key,
+      return objective.total_loss(self.config, apply_fn, params, images, batch["label"], draws,
                                   state.class_stats, strength, synthesize)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -104,14 +133,13 @@ class Steps:
         normalize(images, self.spec))
     unc = out.get("uncertainty")
     norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
-    key = "logits" if self.config.task == "classification" else "semantic"
-    return {key: out[key], "uncertainty_norm": norm}
+    name = "logits" if self.config.task == "classification" else "semantic"
+    return {name: out[name], "uncertainty_norm": norm}
 
-  def _update_class_stats(self, stats, z, labels, mask=None):
+  def _update_class_stats(self, stats, embeddings, labels):
     cfg = self.config.iaa
-    n_classes = stats.mean.shape[0]
-    correct = cfg.correction == "on" or (cfg.correction == "auto" and n_classes > 1000)
+    correct = neighbor_correction_on(self.config, stats.mean.shape[0])
     kwargs = dict(num_neighbors=cfg.num_neighbors, beta=cfg.beta, tau=cfg.tau,
                   gamma=cfg.gamma) if correct else {}
-    return iaa.update(stats, z, labels, mask=mask, momentum=cfg.momentum, correct=correct,
-                      **kwargs)
+    return iaa.update(stats, embeddings, labels, momentum=cfg.momentum, correct=correct,
+                      skip_singletons=cfg.skip_singletons, **kwargs)

@@ -3,9 +3,11 @@
 ``lax.top_k`` on XLA:CPU costs about as much per row as a full matmul block does.
 Splitting each row into groups of ``group`` columns, the k largest values all lie in
 the k groups with the largest maxima; the final ``top_k`` then runs over ``k·group``
-candidates instead of the whole row. Exact (ties may pick other equal elements).
-Along axis 0 of a matrix the same works without transposing it: only the
-``k·group`` candidates per column are transposed.
+candidates instead of the whole row. Along axis 0 of a matrix the same works without
+transposing it: only the ``k·group`` candidates per column are transposed.
+
+Ties are broken as ``lax.top_k`` breaks them, lower index first: the chosen groups are
+gathered in index order, so equal candidates keep the order of their positions.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ def _grouped_candidates(x: jax.Array, k: int, axis: int,
                         group: int) -> tuple[jax.Array, jax.Array] | None:
   """Members of the k groups with the largest maxima along ``axis`` of a 2-D ``x``.
 
-  Returns ``(values, positions)``, both [other, k·group] (positions index ``axis``),
-  or None where grouping would not shrink the problem.
+  Returns ``(values, positions)``, both [other, k·group] in increasing position order
+  (positions index ``axis``), or None where grouping would not shrink the problem.
   """
   n = x.shape[axis]
   if k * group * 2 > n:
@@ -30,11 +32,11 @@ def _grouped_candidates(x: jax.Array, k: int, axis: int,
     x = jnp.pad(x, pad, constant_values=-jnp.inf)
   if axis == 1:
     g = x.reshape(x.shape[0], -1, group)
-    _, best = jax.lax.top_k(jnp.max(g, axis=2), k)  # [rows, k] group ids.
+    best = jnp.sort(jax.lax.top_k(jnp.max(g, axis=2), k)[1], axis=1)  # [rows, k] group ids.
     values = jnp.take_along_axis(g, best[:, :, None], axis=1).reshape(x.shape[0], k * group)
   else:
     g = x.reshape(-1, group, x.shape[1])
-    _, best = jax.lax.top_k(jnp.max(g, axis=1).T, k)  # [cols, k] group ids.
+    best = jnp.sort(jax.lax.top_k(jnp.max(g, axis=1).T, k)[1], axis=1)  # [cols, k] group ids.
     values = jnp.take_along_axis(g, best.T[:, None, :], axis=0)  # [k, group, cols]
     values = values.reshape(k * group, x.shape[1]).T
   positions = (best[:, :, None] * group + jnp.arange(group)).reshape(best.shape[0], k * group)
@@ -42,7 +44,7 @@ def _grouped_candidates(x: jax.Array, k: int, axis: int,
 
 
 def top_k(x: jax.Array, k: int, group: int = 32, axis: int = -1) -> tuple[jax.Array, jax.Array]:
-  """Largest k values along ``axis`` and their indices.
+  """Largest k values along ``axis`` and their indices (ties: lower index first).
 
   [..., n] -> [..., k] ×2 for ``axis=-1``; [n, m] -> [m, k] ×2 for ``axis=0`` (one row
   per column of x).
@@ -62,13 +64,16 @@ def top_k(x: jax.Array, k: int, group: int = 32, axis: int = -1) -> tuple[jax.Ar
   return values, jnp.take_along_axis(positions, pos, axis=1)
 
 
-def candidates(x: jax.Array, k: int, axis: int, group: int = 32) -> jax.Array:
-  """Values of a 2-D ``x`` that include the k largest along ``axis``, without transposing x.
+def top_k_candidates(x: jax.Array, k: int, axis: int,
+                     group: int = 32) -> tuple[jax.Array, jax.Array]:
+  """Values of a 2-D ``x`` that include its k largest along ``axis``, and their positions.
 
-  Returns [other, k·group] (or the whole of x, moved to the last axis, when that is not
-  smaller); a ``lax.top_k`` over them gives the exact top k.
+  Returns ``(values, positions)``, each [other, k·group] in increasing position order (or
+  the whole of x, moved to the last axis, when that is not smaller): a ``lax.top_k`` over
+  the values gives the exact top k, ties to the lower position.
   """
   grouped = _grouped_candidates(x, k, axis, group)
   if grouped is None:
-    return x if axis == 1 else x.T
-  return grouped[0]
+    values = x if axis == 1 else x.T
+    return values, jnp.broadcast_to(jnp.arange(values.shape[1]), values.shape)
+  return grouped

@@ -1,0 +1,310 @@
+"""Faults and degenerate inputs: never a wrong number, never a lost good checkpoint.
+
+A tiny run is trained once without interruption (the reference); each test damages a copy of
+its workdir (or the run itself) the way a kill, a full disk or a bad input would, re-runs the
+same command, and checks that it either finishes with the reference's metrics or stops with
+one clear line.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, tiny
+
+from idml_jax import config as config_lib
+from idml_jax import data
+from idml_jax.data.sources import ArraySource
+from idml_jax.train import loop
+from idml_jax.train.checkpoint import CheckpointError, Checkpoints, Workdir
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+
+
+def _config(**kw):
+  return tiny(method="idml", loss="proxy_anchor", eval__at_start=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run: 2 epochs × 2 steps, checkpoints at steps 2 and 4."""
+  workdir = tmp_path_factory.mktemp("reference")
+  return loop.train_and_evaluate(_config(), str(workdir)), workdir
+
+
+def _copy(reference, tmp_path):
+  dst = tmp_path / "run"
+  shutil.copytree(reference[1], dst)
+  return dst
+
+
+def _data_files(step_dir):
+  files = [f for f in step_dir.rglob("*") if f.is_file() and "/d/" in str(f)]
+  return sorted(files, key=lambda f: f.stat().st_size, reverse=True)
+
+
+def _flip(path, n=64):
+  raw = bytearray(path.read_bytes())
+  start = len(raw) // 3
+  for i in range(start, min(start + n, len(raw))):
+    raw[i] ^= 0xFF
+  path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, damage,
+                                                                      caplog):
+  run = _copy(reference, tmp_path)
+  target = _data_files(run / "checkpoints" / "4")[0]
+  if damage == "flip":
+    _flip(target)
+  elif damage == "truncate":
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+  else:
+    target.unlink()
+  with caplog.at_level("WARNING"):
+    again = loop.train_and_evaluate(_config(), str(run))
+  assert "latest checkpoint step 4 is damaged" in caplog.text
+  assert again["steps_this_run"] == 2  # Resumed from step 2, replayed steps 3–4.
+  assert again["final"] == pytest.approx(reference[0]["final"], rel=1e-5, abs=1e-6)
+  kept = [d.name for d in (run / "damaged").iterdir()]
+  assert len(kept) == 1 and kept[0].startswith("latest-4-")  # Kept, renamed, not deleted.
+
+
+def test_no_restorable_checkpoint_is_one_clear_error(reference, tmp_path):
+  run = _copy(reference, tmp_path)
+  for step in ("2", "4"):
+    _flip(_data_files(run / "checkpoints" / step)[0])
+  with pytest.raises(CheckpointError, match=r"No latest checkpoint .* could be restored: step 4 "
+                     r"\(.*\); step 2 \(.*\)\."):
+    loop.train_and_evaluate(_config(), str(run))
+
+
+def test_embedding_never_uses_a_damaged_checkpoint(reference, tmp_path):
+  from idml_jax import inference
+  run = _copy(reference, tmp_path)
+  _flip(_data_files(run / "checkpoints" / "4")[0])
+  trained = inference.load(str(run), best=False)
+  assert trained.step == 2  # The damaged latest is refused; the one before it is used.
+
+
+@pytest.mark.parametrize("content", ["", '{"step": 4, "recall@1": 0.'])
+def test_a_damaged_best_metrics_file_is_recovered(reference, tmp_path, content, caplog):
+  run = _copy(reference, tmp_path)
+  (run / "best" / "metrics.json").write_text(content)
+  with caplog.at_level("WARNING"):
+    again = loop.train_and_evaluate(_config(), str(run))
+  assert "Recovered best/metrics.json" in caplog.text
+  assert again["best"] == pytest.approx(reference[0]["best"])
+  assert json.loads((run / "best" / "metrics.json").read_text())["step"] == 4
+
+
+def test_a_best_checkpoint_ahead_of_the_latest_is_replayed_not_a_crash(reference, tmp_path):
+  run = _copy(reference, tmp_path)  # A kill after the best save at step 4, before the latest.
+  shutil.rmtree(run / "checkpoints" / "4")
+  again = loop.train_and_evaluate(_config(eval__every_epochs=1), str(run))
+  assert again["final"] == pytest.approx(reference[0]["final"], rel=1e-5, abs=1e-6)
+  assert again["best"]["recall@1"] == pytest.approx(reference[0]["best"]["recall@1"])
+
+
+def test_resume_keeps_the_untrained_metrics_and_a_log_without_repeats(reference, tmp_path):
+  run = _copy(reference, tmp_path)
+  shutil.rmtree(run / "checkpoints" / "4")
+  again = loop.train_and_evaluate(_config(), str(run))
+  assert again["untrained"] == pytest.approx(reference[0]["untrained"])
+  rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  keys = [(r["step"], tuple(sorted(r))) for r in rows]
+  assert len(keys) == len(set(keys))  # Steps 3–4 were cut from the log, then logged once.
+  assert sorted({r["step"] for r in rows}) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("change", [dict(batch_size=8), dict(seed=3),
+                                    dict(data__image_size=24, data__resize_size=24),
+                                    dict(model__embedding_dim=8),
+                                    dict(model__backbone="resnet18")])
+def test_resuming_with_a_changed_config_is_refused_before_touching_anything(reference, tmp_path,
+                                                                             change):
+  run = _copy(reference, tmp_path)
+  before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+  key = next(iter(change)).replace("__", ".")
+  with pytest.raises(config_lib.ConfigMismatchError, match=rf"{key} .* -> .*new --workdir"):
+    loop.train_and_evaluate(_config(**change), str(run))
+  with pytest.raises(config_lib.ConfigMismatchError):
+    loop.evaluate_only(_config(**change), str(run))
+  assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # Nothing written.
+
+
+def test_allowed_changes_resume_and_are_recorded(reference, tmp_path):
+  run = _copy(reference, tmp_path)
+  again = loop.train_and_evaluate(_config(num_epochs=3, eval__ks=(1, 2)), str(run))
+  assert again["steps_this_run"] == 2 and again["steps"] == 6
+  recorded = json.loads((run / "run.json").read_text())
+  assert recorded["config"]["num_epochs"] == 3
+  assert recorded["changes"][-1]["changed"]["num_epochs"] == [2, 3]
+
+
+class _Unreadable(ArraySource):
+  """Every fifth image is corrupt."""
+
+  def load(self, i):
+    if i % 5 == 1:
+      raise OSError("truncated file")
+    return super().load(i)
+
+
+def test_skipped_images_are_counted_per_split(tmp_path, monkeypatch, caplog):
+  real = data.load_splits
+
+  def flaky(*a, **kw):
+    return {k: _Unreadable(v.images, v.labels) for k, v in real(*a, **kw).items()}
+
+  monkeypatch.setattr(data, "load_splits", flaky)
+  with caplog.at_level("WARNING"):
+    results = loop.train_and_evaluate(tiny(method="iaa", iaa__start_epoch=1), str(tmp_path))
+  skipped = results["skipped_images"]
+  n_test = len(real("digits")["test"])
+  assert skipped["test"] == 2 * len(range(1, n_test, 5))  # Two evaluations of the test split.
+  assert skipped["train"] > 0 and skipped["iaa"] > 0
+  assert results["final"]["images_test"] == n_test - len(range(1, n_test, 5))
+  assert "could not be read: the metrics are over" in caplog.text
+
+
+def _small_test_split(n_test, classes):
+  def load(*a, **kw):
+    splits = data.demo.digits(size=16)
+    test = splits["test"]
+    keep = np.flatnonzero(np.isin(test.labels, classes))[:n_test]
+    return {"train": splits["train"], "test": ArraySource(test.images[keep], test.labels[keep])}
+  return load
+
+
+def test_a_test_split_smaller_than_the_largest_k_is_refused_before_training(tmp_path,
+                                                                            monkeypatch):
+  monkeypatch.setattr(data, "load_splits", _small_test_split(5, [0, 1]))
+  with pytest.raises(ValueError, match=r"eval.ks=\(1, 2, 4, 8\) needs at least 8 gallery items"):
+    loop.train_and_evaluate(tiny(method="baseline"), str(tmp_path))
+  assert not (tmp_path / "run.json").exists()
+
+
+def test_tiny_and_single_class_splits_train_warn_and_draw_every_figure(tmp_path, monkeypatch,
+                                                                      caplog):
+  monkeypatch.setattr(data, "load_splits", _small_test_split(4, [2]))
+  with caplog.at_level("WARNING"):
+    results = loop.train_and_evaluate(tiny(method="idml", loss="proxy_anchor", eval__ks=(1, 2)),
+                                      str(tmp_path))
+  assert "single class" in caplog.text and "trivially 1" in caplog.text
+  assert results["final"]["recall@1"] == 1.0
+  for f in ("retrieval_grid.png", "training_curves.png", "uncertainty_vs_error.png"):
+    assert (tmp_path / f).exists(), f
+
+
+def test_evaluation_refuses_non_finite_embeddings_naming_the_checkpoint(reference, tmp_path,
+                                                                        monkeypatch):
+  from idml_jax.evaluation import NonFiniteEmbeddingsError
+  from idml_jax.train import evaluate
+  real = evaluate.embed_split
+  monkeypatch.setattr(evaluate, "embed_split", lambda *a, **kw: {
+      **(out := real(*a, **kw)), "semantic": out["semantic"] * np.nan})
+  with pytest.raises(NonFiniteEmbeddingsError, match=r"Checkpoint step 4 .*best.*NaN/inf"):
+    loop.evaluate_only(_config(), str(_copy(reference, tmp_path)))
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+MAIN = [sys.executable, "-m", "idml_jax.main", f"--config={ROOT}/configs/demo.py:runlocal,digits",
+        "--config.data.num_threads=1"]
+PATCHED = textwrap.dedent("""
+    import errno, os, sys
+    from orbax.checkpoint._src.path import atomicity
+    real = atomicity.AtomicRenameTemporaryPath.finalize
+    def finalize(self, *a, **kw):
+      if self.get_final().name == "4" and "checkpoints" in str(self.get_final()):
+        if sys.argv.pop(1) == "kill":
+          os._exit(137)  # kill -9 between writing the data and renaming it into place.
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.get()))
+      return real(self, *a, **kw)
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+    sys.argv = [sys.argv[0]] + sys.argv[1:]
+    from idml_jax.main import run
+    run()
+""")
+
+
+def _main(workdir, *args, patch=None):
+  cmd = MAIN + [f"--workdir={workdir}", *args]
+  if patch:
+    cmd = [sys.executable, "-c", PATCHED, patch] + cmd[3:]
+  return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def _errors(out):
+  """The lines of output that are not routine log lines (INFO / progress / warnings)."""
+  return [line for line in (out.stdout + out.stderr).splitlines()
+          if line.strip() and not line.startswith(("I1", "W1", "I0", "W0"))
+          and "Warning" not in line and "warnings.warn" not in line and "warn(" not in line]
+
+
+@pytest.fixture(scope="module")
+def main_reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("main_reference")
+  out = _main(workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads((workdir / "results.json").read_text())
+
+
+@pytest.mark.parametrize("fault", ["kill", "full_disk"])
+def test_a_kill_or_a_full_disk_mid_save_loses_nothing(main_reference, tmp_path, fault):
+  out = _main(tmp_path, patch=fault)
+  assert out.returncode != 0
+  if fault == "full_disk":
+    errors = [line for line in _errors(out) if "E1" in line or "space" in line]
+    assert len(errors) == 1 and "No space left on device" in errors[0], _errors(out)
+    assert "Traceback" not in out.stderr
+  assert Checkpoints(Workdir(tmp_path)).latest_step() == 2  # The good one is intact.
+  again = _main(tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["final"] == pytest.approx(main_reference["final"], rel=1e-5, abs=1e-6)
+  assert results["untrained"] == pytest.approx(main_reference["untrained"])
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--config.foo=1"], "--config.foo: the config has no such key"),
+    (["--config.model.embeding_dim=3"], 'Did you mean "embedding_dim"'),
+    (["--config.model.pooling=median"], "model.pooling: Unknown value 'median'"),
+])
+def test_bad_flags_end_in_one_or_two_lines(tmp_path, args, expect):
+  out = _main(tmp_path, *args)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  lines = _errors(out)
+  assert 1 <= len(lines) <= 2 and expect in " ".join(lines), lines
+
+
+def test_a_refused_resume_and_a_changed_eval_end_in_one_line(main_reference, tmp_path):
+  workdir = tmp_path / "w"
+  assert _main(workdir).returncode == 0
+  for mode in ("train", "eval"):
+    out = _main(workdir, "--config.model.embedding_dim=8", f"--mode={mode}")
+    lines = _errors(out)
+    assert out.returncode == 1 and len(lines) == 1, lines
+    assert "model.embedding_dim 32 -> 8" in lines[0] and "new --workdir" in lines[0]
+
+
+def test_sigint_keeps_the_checkpoint_and_says_so_in_one_line(tmp_path):
+  proc = subprocess.Popen(MAIN + [f"--workdir={tmp_path}", "--config.num_epochs=50",
+                                  "--config.eval.every_epochs=100"], cwd=ROOT, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  while Checkpoints(Workdir(tmp_path)).latest_step() is None and time.time() < deadline:
+    time.sleep(1)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 130 and "Traceback" not in out
+  assert "Interrupted: the last complete checkpoint" in out and "re-run the same command" in out
