@@ -51,6 +51,16 @@ def _user_error(e: BaseException) -> str | None:
   return None
 
 
+def _quiet_orbax(record: logging.LogRecord) -> bool:
+  """Orbax logs every save at INFO, and a failed background save as errors with tracebacks;
+  that failure is raised again when the save is awaited, and reported then in one line. So
+  orbax's warnings are kept, its errors only at debug verbosity."""
+  if "orbax" not in record.pathname:
+    return True
+  return record.levelno == logging.WARNING or (record.levelno > logging.WARNING and
+                                               absl_logging.level_debug())
+
+
 def main(argv):
   del argv
   import jax
@@ -60,8 +70,8 @@ def main(argv):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers:  # Orbax logs every save at INFO.
-    handler.addFilter(lambda r: r.levelno >= logging.WARNING or "orbax" not in r.pathname)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_quiet_orbax)
   from idml_jax.train.loop import evaluate_only, train_and_evaluate
 
   try:

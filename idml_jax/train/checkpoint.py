@@ -140,16 +140,17 @@ class Checkpoints:
     self._save(self.latest, state, step, {})
 
   def save_best(self, state, step: int, metrics: dict) -> None:
-    """Saves the best checkpoint with its ``metrics`` (and ``best/metrics.json``). A best
-    checkpoint at or after ``step`` belongs to a run being replayed from an earlier
-    checkpoint: it is replaced."""
+    """Saves the best checkpoint with its ``metrics`` (``{"step": step, ...}``, also written
+    to ``best/metrics.json``). A best checkpoint at or after ``step`` belongs to a run being
+    replayed from an earlier checkpoint: it is replaced."""
     for old in self.best.all_steps():
       if old >= step:
         self.best.delete(old)
+    metrics = {"step": step, **metrics}
     self._save(self.best, state, step, {"metrics": metrics})
     self.best.wait_until_finished()
     if is_main_process():
-      write_json(self.workdir.best_metrics_file, {"step": step, **metrics})
+      write_json(self.workdir.best_metrics_file, metrics)
 
   def best_metrics(self) -> dict | None:
     """The best checkpoint's metrics: ``best/metrics.json``, or (when that file is missing or
@@ -160,11 +161,12 @@ class Checkpoints:
     saved = read_json(self.workdir.best_metrics_file, "best/metrics.json")
     if saved is not None and saved.get("step") == step:
       return saved
-    meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    metrics = self.best.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]["metrics"]
     if is_main_process():
-      write_json(self.workdir.best_metrics_file, {"step": step, **meta["metrics"]})
+      write_json(self.workdir.best_metrics_file, metrics)
     logging.warning("Recovered best/metrics.json from the best checkpoint (step %d).", step)
-    return {"step": step, **meta["metrics"]}
+    return metrics
 
   def restore(self, abstract_state, *, best: bool = False):
     """``(state, step)``: the newest checkpoint (best or latest) that restores and verifies,

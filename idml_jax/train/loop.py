@@ -234,8 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                                _skipped(run).items()}}, "eval/")
         logging.info("epoch %d: %s", ep, " ".join(f"{k}={v:.4f}" for k, v in metrics_eval.items()))
         if best is None or metrics_eval[metric] > best[metric]:
-          best = {"epoch": ep, **metrics_eval}
-          ckpts.save_best(state, done, best)
+          ckpts.save_best(state, done, {"epoch": ep, **metrics_eval})
+          best = {"step": done, "epoch": ep, **metrics_eval}
       if ep % cfg.checkpoint_every_epochs == 0 or done == total:
         ckpts.save(state, done)
   except KeyboardInterrupt:
