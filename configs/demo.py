@@ -25,7 +25,7 @@ def get_config(arg: str = ""):
   c.data.source = "demo"
   c.data.name = "digits" if args.digits else "patches"
   c.data.image_size = c.data.resize_size = 32 if args.digits else 64
-  c.data.images_per_class = 4
+  c.data.images_per_class = 8 if args.digits else 4  # digits: 5 train classes per batch
   c.data.num_threads = 4
   c.batch_size = 40
   c.num_epochs = 12

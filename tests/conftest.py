@@ -51,3 +51,29 @@ def tiny(method="idml+iaa", loss="multi_similarity", **kw) -> ml_collections.Con
   c.optimizer.lr = 1e-3
   override(c, **kw)
   return c
+
+
+def write_image(path, seed: int, size=(20, 16)) -> None:
+  """A random RGB image file (``size`` = width, height), its folders created."""
+  import numpy as np
+  from PIL import Image
+  os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(str(path))
+
+
+def write_cub(root, classes_per_split: int = 8, images_per_class: int = 6, size=(40, 36)):
+  """A miniature ``CUB_200_2011/images/NNN.Name/*.jpg`` folder: classes 1.. train, 101..
+  test. Images of a class share a colour, so a little training separates them."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for cid in [*range(1, classes_per_split + 1), *range(101, 101 + classes_per_split)]:
+    colour = rng.integers(0, 255, 3)
+    d = os.path.join(str(root), "CUB_200_2011", "images", f"{cid:03d}.Bird_{cid}")
+    os.makedirs(d, exist_ok=True)
+    for i in range(images_per_class):
+      noise = rng.integers(-60, 60, (size[1], size[0], 3))
+      Image.fromarray(np.clip(colour + noise, 0, 255).astype(np.uint8)).save(
+          os.path.join(d, f"Bird_{cid}_{i}.jpg"))
+  return str(root)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import write_image
 from PIL import Image
 from scipy.io import savemat
 
@@ -17,11 +18,7 @@ from idml_jax.data.pipeline import SkipCounter, eval_batches, train_batches
 from idml_jax.data.sources import ArraySource
 from idml_jax.models import CAFFE_BGR, IMAGENET
 
-
-def _img(path, seed, size=(20, 16)):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  rng = np.random.default_rng(seed)
-  Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+_img = write_image
 
 
 @pytest.fixture

@@ -205,6 +205,16 @@ def test_tiny_and_single_class_splits_train_warn_and_draw_every_figure(tmp_path,
     assert (tmp_path / f).exists(), f
 
 
+@pytest.mark.parametrize("spread", [0.0, 1e-7])
+def test_uncertainty_figure_draws_a_constant_or_unit_norm_uncertainty(tmp_path, spread):
+  """``||u|| = 1`` (the official L2-normalised u) differs only in float rounding."""
+  from idml_jax.train import figures
+  u = np.float32(1.0) + np.float32(spread) * np.arange(12, dtype=np.float32)
+  emb = {"uncertainty_norm": u, "failed": np.arange(12) % 3 == 0}
+  assert figures.uncertainty_vs_error(Workdir(str(tmp_path)), emb) is not None
+  assert (tmp_path / "uncertainty_vs_error.png").exists()
+
+
 def test_evaluation_refuses_non_finite_embeddings_naming_the_checkpoint(reference, tmp_path,
                                                                         monkeypatch):
   from idml_jax.evaluation import NonFiniteEmbeddingsError

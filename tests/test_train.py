@@ -248,3 +248,12 @@ def test_class_stats_only_for_iaa():
   state, _ = _state_and_steps(c, jax.devices()[:1])
   assert state.class_stats.mean.shape == (1, 16)
   assert isinstance(state.class_stats, iaa.ClassStats)
+
+
+@pytest.mark.parametrize("arg", ["", "digits", "runlocal", "digits,runlocal"])
+def test_demo_configs_sample_their_own_data(arg):
+  """Every shipped demo variant builds its sampler on the data it names."""
+  c = load_config("demo.py", arg)
+  labels = data.load_splits(c.data.name, c.data.source)["train"].labels
+  sampler = data.SAMPLERS[c.data.sampler](labels, c.batch_size, c.data.images_per_class, 0)
+  assert sampler.steps_per_epoch(c.max_steps_per_epoch or None) >= 1

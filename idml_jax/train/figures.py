@@ -92,7 +92,7 @@ def uncertainty_figure(emb: dict, bins: int = 5) -> Figure:
   u, rate = emb["uncertainty_norm"], error_rate_by_uncertainty(emb, bins)
   fig = Figure(figsize=(10, 3.5))
   axes = fig.subplots(1, 2)
-  axes[0].hist(u, bins=30)
+  axes[0].hist(np.asarray(u, np.float64), bins=30)  # float32 edges fail on ||u|| = 1 +- eps
   axes[0].set_title("uncertainty ||u|| of test images")
   axes[1].bar(range(bins), rate)
   axes[1].set_xticks(range(bins), [f"Q{b + 1}" for b in range(bins)])
