@@ -74,7 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.uncertainty_activation = "relu"  # "l2_normalize" = the official IDML code.
   c.model.uncertainty_init = "kaiming"  # kaiming (fan-out) | torch (nn.Linear's) | small
   c.model.uncertainty_input = "features"  # | normalized_features (the head reads h-hat)
-  c.model.pooling = "avg+max"
+  c.model.pooling = "avg+max"  # CNNs: avg+max | avg | max; ViTs: token | avg
+  c.model.head_bias = True  # The heads' bias (the papers' code); ViT DML recipes: False.
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "demo"  # demo | folder | tfds
@@ -85,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.sampler = "balanced"  # balanced (P×K) | random
   c.data.augment = "random_resized_crop"  # | pad_crop (CIFAR: pad 4, random 32 crop, flip)
   c.data.crop_scale = (0.08, 1.0)  # Random-resized crop's area range (official IAA: 0.16–1).
-  c.data.interpolation = "bilinear"  # | lanczos (official IAA)
+  c.data.interpolation = "bilinear"  # | lanczos (official IAA) | bicubic (ViT recipes)
   c.data.resize_mode = "shorter_side"  # Resize(256) | square: a 256² squash (official IAA)
   c.data.color_jitter = 0.0  # Brightness/contrast/saturation strength (ImageNet: 0.4).
   c.data.lighting = 0.0  # PCA lighting std (ImageNet: 0.1).
@@ -246,8 +247,9 @@ def from_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks any config to a seconds-long run (same data, tiny model, 2 × 2 steps)."""
-  c.model.backbone = "resnet_tiny"
+  """Shrinks any config to a seconds-long run (same data, tiny model, 2 × 2 steps): a ViT
+  becomes ``vit_tiny`` (same pooling, patch 8), anything else ``resnet_tiny``."""
+  c.model.backbone = "vit_tiny" if models.get_backbone(c.model.backbone).vit else "resnet_tiny"
   c.model.pretrained = ""
   c.model.embedding_dim = 32
   c.model.dtype = "float32"
@@ -277,7 +279,6 @@ _CHOICES = {
     "model.uncertainty_activation": models.UNCERTAINTY_ACTIVATIONS,
     "model.uncertainty_init": models.UNCERTAINTY_INITS,
     "model.uncertainty_input": models.UNCERTAINTY_INPUTS,
-    "model.pooling": models.POOLINGS,
     "data.source": data.DATASETS,
     "data.sampler": data.SAMPLERS,
     "data.augment": data.transforms.TRAIN_TRANSFORMS,
@@ -317,6 +318,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key, table in _CHOICES.items():
     if key in got and got[key] not in table:
       errors.append(f"{key}: " + names.unknown("value", got[key], table))
+  backbone = models.BACKBONES.get(got.get("model.backbone"))
+  if backbone is not None:
+    pools = models.VIT_POOLS if backbone.vit else models.POOLINGS
+    if got.get("model.pooling") not in pools:
+      errors.append(f"model.pooling: {names.unknown('value', got.get('model.pooling'), pools)}"
+                    f" ({'ViT' if backbone.vit else 'CNN'} backbone {got['model.backbone']!r})")
+    if backbone.vit and got.get("data.image_size", 0) % backbone.vit.patch:
+      errors.append(f"data.image_size {got['data.image_size']} must be a multiple of "
+                    f"{got['model.backbone']}'s patch size {backbone.vit.patch}")
   source = got.get("data.source")
   if source in data.DATASETS and got.get("data.name") not in data.DATASETS[source]:
     errors.append("data.name: " + names.unknown(f"{source} dataset", got.get("data.name"),

@@ -26,7 +26,8 @@ from PIL import Image
 
 from idml_jax.models import InputSpec
 
-INTERPOLATIONS = {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS,
+                  "bicubic": Image.BICUBIC}
 RESIZE_MODES = ("shorter_side", "square")
 
 

@@ -27,6 +27,9 @@ from idml_jax.models.embedding import (
 )
 from idml_jax.models.googlenet import GoogLeNet
 from idml_jax.models.resnet import resnet
+from idml_jax.models.vit import POOLS as VIT_POOLS
+from idml_jax.models.vit import VARIANTS as VIT_VARIANTS
+from idml_jax.models.vit import ViTVariant, make_vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +46,20 @@ IMAGENET = InputSpec((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # CIFAR's statistics, as the IDML classification code normalises CIFAR-10/100.
 CIFAR = InputSpec((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255))
 CAFFE_BGR = InputSpec((104.0, 117.0, 128.0), (1.0, 1.0, 1.0), scale=1.0, bgr=True)
+HALF = InputSpec((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # Google's ViTs (augreg): [-1, 1]
+CLIP = InputSpec((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
   make: Callable[..., nn.Module]
   input_spec: InputSpec
-  weights: str  # The pretrained file the papers' code uses.
+  weights: str  # The pretrained file(s) it converts (the papers' code's, for the CNNs).
+  vit: ViTVariant | None = None  # Vision Transformers: the architecture (pooled [B, D]).
+
+
+def _vit(name: str, input_spec: InputSpec, weights: str) -> Backbone:
+  return Backbone(functools.partial(make_vit, name), input_spec, weights, VIT_VARIANTS[name])
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -73,6 +83,30 @@ BACKBONES: dict[str, Backbone] = {
         "none (tests and demos)"),
     "bn_inception": Backbone(BNInception, CAFFE_BGR, "Cadene bn_inception-52deb4733.pth"),
     "googlenet": Backbone(GoogLeNet, IMAGENET, "torchvision googlenet-1378be20.pth"),
+    # Vision Transformers (models/vit.py): timm's files, the original releases' and .npz.
+    "vit_s16": _vit("vit_s16", HALF, "timm vit_small_patch16_224.augreg_in21k_ft_in1k, "
+                    "vit_small_patch16_224.augreg_in21k; S_16-i21k-300ep-...-res_224.npz"),
+    "vit_b16": _vit("vit_b16", HALF, "timm vit_base_patch16_224.augreg2_in21k_ft_in1k, "
+                    "vit_base_patch16_224.augreg_in21k; B_16-i21k-300ep-...-res_224.npz"),
+    "deit_s16": _vit("deit_s16", IMAGENET, "timm deit_small_patch16_224.fb_in1k; "
+                     "deit_small_patch16_224-cd65a155.pth"),
+    "dino_vits16": _vit("dino_vits16", IMAGENET, "timm vit_small_patch16_224.dino; "
+                        "dino_deitsmall16_pretrain.pth"),
+    "dino_vitb16": _vit("dino_vitb16", IMAGENET, "timm vit_base_patch16_224.dino; "
+                        "dino_vitbase16_pretrain.pth"),
+    "dinov2_vits14": _vit("dinov2_vits14", IMAGENET, "timm vit_small_patch14_dinov2.lvd142m; "
+                          "dinov2_vits14_pretrain.pth"),
+    "dinov2_vitb14": _vit("dinov2_vitb14", IMAGENET, "timm vit_base_patch14_dinov2.lvd142m; "
+                          "dinov2_vitb14_pretrain.pth"),
+    "dinov2_vits14_reg": _vit("dinov2_vits14_reg", IMAGENET,
+                              "timm vit_small_patch14_reg4_dinov2.lvd142m; "
+                              "dinov2_vits14_reg4_pretrain.pth"),
+    "dinov2_vitb14_reg": _vit("dinov2_vitb14_reg", IMAGENET,
+                              "timm vit_base_patch14_reg4_dinov2.lvd142m; "
+                              "dinov2_vitb14_reg4_pretrain.pth"),
+    "clip_vitb16": _vit("clip_vitb16", CLIP, "timm vit_base_patch16_clip_224.openai; "
+                        "OpenAI ViT-B-16.pt (visual.*)"),
+    "vit_tiny": _vit("vit_tiny", IMAGENET, "none (tests and demos)"),
 }
 
 
@@ -81,7 +115,8 @@ def get_backbone(name: str) -> Backbone:
 
 
 def make_backbone(name: str, **kwargs) -> nn.Module:
-  """``make_backbone("resnet50", train_bn=False, dtype=jnp.bfloat16)``."""
+  """``make_backbone("resnet50", train_bn=False, dtype=jnp.bfloat16)``; ViTs also take
+  ``pool`` (``token`` | ``avg``)."""
   return get_backbone(name).make(**kwargs)
 
 
@@ -89,15 +124,19 @@ __all__ = [
     "BACKBONES",
     "CAFFE_BGR",
     "CIFAR",
+    "CLIP",
+    "HALF",
     "IMAGENET",
     "POOLINGS",
     "UNCERTAINTY_ACTIVATIONS",
     "UNCERTAINTY_INITS",
     "UNCERTAINTY_INPUTS",
+    "VIT_POOLS",
     "Backbone",
     "ClassifierModel",
     "EmbeddingModel",
     "InputSpec",
+    "ViTVariant",
     "get_backbone",
     "make_backbone",
     "pool_features",

@@ -1,14 +1,18 @@
-"""Pretrained weights: PyTorch state dicts -> Flax variable trees, and loading them.
+"""Pretrained weights: PyTorch state dicts and ``.npz`` files -> Flax variable trees.
 
     python -m idml_jax.models.convert resnet50-0676ba61.pth weights/resnet50 --backbone resnet50
+    python -m idml_jax.models.convert model.safetensors weights/dino_vits16 --backbone dino_vits16
 
 reads a torchvision/timm/Cadene state dict (``.pth`` needs torch, an optional extra;
-``.safetensors`` does not), maps every tensor onto the Flax backbone's parameters and
-BatchNorm statistics (conv OIHW -> HWIO, BN weight/bias -> scale/bias, running
-mean/var -> batch statistics), validates names and shapes, and writes an orbax
-checkpoint ``{"params", "batch_stats"}`` that a config names as ``pretrained``.
-Classifier heads (``fc``, ``last_linear``, ``aux1``/``aux2``) and ``num_batches_tracked``
-are dropped; a leading ``module.`` (DataParallel) is stripped.
+``.safetensors`` and ``.npz`` do not), maps every tensor onto the Flax backbone's parameters
+and BatchNorm statistics (conv OIHW -> HWIO, Linear (out, in) -> (in, out), BN weight/bias ->
+scale/bias, running mean/var -> batch statistics), validates names and shapes, and writes an
+orbax checkpoint ``{"params", "batch_stats"}`` that a config names as ``pretrained``.
+Classifier heads (``fc``, ``last_linear``, ``aux1``/``aux2``, ``head``) and
+``num_batches_tracked`` are dropped; a leading ``module.`` (DataParallel) is stripped. ViT
+layouts (timm, DINO, DINOv2, CLIP, Google's ``.npz``) go through
+:mod:`idml_jax.models.vit_weights`; a ViT keeps its file's position grid, resampled to the
+training resolution by :func:`load_into`.
 """
 
 from __future__ import annotations
@@ -22,20 +26,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idml_jax.models import make_backbone
+from idml_jax.models import get_backbone, make_backbone, vit, vit_weights
 
 IGNORED_PREFIXES = ("fc.", "last_linear.", "aux1.", "aux2.", "classifier.")
 _INPUT_SIZE = 224
+# Training checkpoints that hold the weights one level down: timm/torchvision (state_dict),
+# DeiT (model), DINO (teacher).
+_NESTED = ("state_dict", "model", "teacher")
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads ``.pth``/``.pt`` (via torch) or ``.safetensors`` into float32 NumPy arrays."""
+  """Reads ``.pth``/``.pt`` (via torch), ``.safetensors`` or ``.npz`` into float32 arrays."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"No weight file at {path!r}. Download the backbone's weights "
                             "(see README, 'Pretrained weights') and pass their path.")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
     sd = load_file(path)
+  elif path.endswith(".npz"):
+    with np.load(path) as f:
+      sd = {k: f[k] for k in f.files}
   else:
     try:
       import torch
@@ -43,8 +53,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       raise ImportError("Reading .pth files needs torch: `pip install -e .[torch]`, or convert "
                         "the file to .safetensors elsewhere.") from e
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-      obj = obj["state_dict"]
+    while isinstance(obj, Mapping) and (inner := next((k for k in _NESTED if k in obj), None)):
+      obj = obj[inner]
     sd = {k: v.float().numpy() for k, v in obj.items() if hasattr(v, "numpy")}
   return {k: np.asarray(v, np.float32) for k, v in sd.items()}
 
@@ -53,6 +63,15 @@ def _canonical(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Drops ``num_batches_tracked`` and a DataParallel ``module.`` prefix."""
   return {k.removeprefix("module."): np.asarray(v) for k, v in state_dict.items()
           if not k.endswith("num_batches_tracked")}
+
+
+def _torch_name(backbone: str, collection: str, path: tuple[str, ...], ndim: int
+                ) -> tuple[str, str]:
+  """A Flax variable path -> (PyTorch tensor name, transform)."""
+  if get_backbone(backbone).vit:
+    return vit_weights.flax_to_timm(path, ndim)
+  name, how = _flax_leaf(collection, path[-1], ndim)
+  return f"{_torch_module(backbone, path[:-1])}.{name}", how
 
 
 def _torch_module(backbone: str, path: tuple[str, ...]) -> str:
@@ -81,29 +100,34 @@ def _transform(x: np.ndarray, how: str, shape: tuple[int, ...]) -> np.ndarray:
   return x
 
 
-def backbone_shapes(backbone: str) -> dict:
-  """The Flax backbone's variable tree of ``ShapeDtypeStruct``s."""
+def backbone_shapes(backbone: str, image_size: int = _INPUT_SIZE) -> dict:
+  """The Flax backbone's variable tree of ``ShapeDtypeStruct``s (a ViT's position grid is
+  ``image_size`` / patch)."""
   model = make_backbone(backbone)
   return jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                        jnp.zeros((1, _INPUT_SIZE, _INPUT_SIZE, 3)))
+                        jnp.zeros((1, image_size, image_size, 3)))
 
 
 def convert(state_dict: Mapping[str, np.ndarray], backbone: str) -> dict:
-  """Maps a PyTorch state dict onto the Flax backbone's ``{"params", "batch_stats"}``.
+  """Maps a state dict onto the Flax backbone's ``{"params", "batch_stats"}``.
 
   Raises:
     ValueError: naming every missing key, unexpected key and shape mismatch.
   """
   state_dict = _canonical(state_dict)
-  shapes = flax.core.unfreeze(backbone_shapes(backbone))
+  variant = get_backbone(backbone).vit
+  size, ignored = _INPUT_SIZE, IGNORED_PREFIXES
+  if variant:
+    state_dict = vit_weights.to_timm(state_dict, variant)
+    size, ignored = vit_weights.image_size_of(state_dict, variant), vit_weights.IGNORED_PREFIXES
+  shapes = flax.core.unfreeze(backbone_shapes(backbone, size))
   used, missing, mismatched = set(), [], []
   out = {}
   for collection in ("params", "batch_stats"):
     flat = flax.traverse_util.flatten_dict(shapes.get(collection, {}))
     converted = {}
     for path, spec in flat.items():
-      name, how = _flax_leaf(collection, path[-1], len(spec.shape))
-      key = f"{_torch_module(backbone, path[:-1])}.{name}"
+      key, how = _torch_name(backbone, collection, path, len(spec.shape))
       if key not in state_dict:
         missing.append(key)
         continue
@@ -114,8 +138,9 @@ def convert(state_dict: Mapping[str, np.ndarray], backbone: str) -> dict:
                           f"model expects {tuple(spec.shape)}")
         continue
       converted[path] = jnp.asarray(value)
-    out[collection] = flax.traverse_util.unflatten_dict(converted)
-  unexpected = sorted(k for k in state_dict if k not in used and not k.startswith(IGNORED_PREFIXES))
+    if flat:  # ViTs have no batch_stats.
+      out[collection] = flax.traverse_util.unflatten_dict(converted)
+  unexpected = sorted(k for k in state_dict if k not in used and not k.startswith(ignored))
   if missing or unexpected or mismatched:
     raise ValueError(
         f"State dict does not match backbone {backbone!r}:\n"
@@ -136,7 +161,7 @@ def save(variables: dict, directory: str) -> None:
 
 def load(path: str, backbone: str) -> dict:
   """Backbone variables from an orbax checkpoint written by :func:`save`, or converted on
-  the fly from a ``.pth``/``.safetensors`` file."""
+  the fly from a ``.pth``/``.safetensors``/``.npz`` file."""
   if os.path.isfile(path):
     return convert(read_state_dict(path), backbone)
   if not os.path.isdir(path):
@@ -144,15 +169,32 @@ def load(path: str, backbone: str) -> dict:
                             "`python -m idml_jax.models.convert FILE "
                             f"{path} --backbone {backbone}`.")
   import orbax.checkpoint as ocp
-  target = flax.core.unfreeze(backbone_shapes(backbone))
+  ckpt = ocp.StandardCheckpointer()
+  size, variant = _INPUT_SIZE, get_backbone(backbone).vit
+  if variant:  # The grid the weights were converted at.
+    stored = ckpt.metadata(os.path.abspath(path)).item_metadata.tree
+    pos = stored.get("params", {}).get("pos_embed")
+    size = (variant.weights_image_size if pos is None
+            else vit.grid_of(variant, tuple(pos.shape)) * variant.patch)
+  target = flax.core.unfreeze(backbone_shapes(backbone, size))
   target = {k: target[k] for k in ("params", "batch_stats") if k in target}
-  return ocp.StandardCheckpointer().restore(os.path.abspath(path), target)
+  return ckpt.restore(os.path.abspath(path), target)
 
 
-def load_into(variables: dict, pretrained: dict) -> dict:
+def load_into(variables: dict, pretrained: dict, backbone: str | None = None) -> dict:
   """Replaces ``variables[...]["backbone"]`` with pretrained backbone variables, checking
-  that every name and shape agrees."""
+  that every name and shape agrees; a ViT's position embedding is resampled to the model's
+  grid (``backbone`` names the ViT)."""
   variables = flax.core.unfreeze(variables)
+  variant = get_backbone(backbone).vit if backbone else None
+  if variant and "pos_embed" in pretrained.get("params", {}):
+    params = dict(pretrained["params"])
+    want = variables["params"]["backbone"]["pos_embed"].shape
+    if params["pos_embed"].shape != want:
+      new_grid = vit.grid_of(variant, want)
+      params["pos_embed"] = jnp.asarray(vit.resample_pos_embed(
+          np.asarray(params["pos_embed"]), new_grid, variant.pos_prefix_tokens))
+    pretrained = {**pretrained, "params": params}
   for collection, tree in pretrained.items():
     current = variables[collection]["backbone"]
     a = {k: v.shape for k, v in flax.traverse_util.flatten_dict(current).items()}

@@ -29,19 +29,19 @@ def torch_linear_init(fan_in: int):
                                                                   bound)
 
 
-def _torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
+def _torch_linear(features: int, fan_in: int, name: str, use_bias: bool = True) -> nn.Dense:
   init = torch_linear_init(fan_in)
-  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
+  return nn.Dense(features, kernel_init=init, bias_init=init, use_bias=use_bias, name=name)
 
 
-# ``model.uncertainty_init`` -> (features, fan_in, name) -> the uncertainty head's Dense.
-UNCERTAINTY_INITS: dict[str, Callable[[int, int, str], nn.Dense]] = {
-    "kaiming": lambda features, fan_in, name: nn.Dense(features, kernel_init=HEAD_INIT,
-                                                       name=name),
+# ``model.uncertainty_init`` -> (features, fan_in, name, use_bias) -> the uncertainty head.
+UNCERTAINTY_INITS: dict[str, Callable[..., nn.Dense]] = {
+    "kaiming": lambda features, fan_in, name, use_bias=True: nn.Dense(
+        features, kernel_init=HEAD_INIT, use_bias=use_bias, name=name),
     "torch": _torch_linear,  # The official IDML code leaves its uncertainty head at this.
-    "small": lambda features, fan_in, name: nn.Dense(  # Kaiming / 100: ||u||² starts ~1e-4×.
+    "small": lambda features, fan_in, name, use_bias=True: nn.Dense(  # Kaiming / 100:
         features, kernel_init=nn.initializers.variance_scaling(2e-4, "fan_out", "normal"),
-        name=name),
+        use_bias=use_bias, name=name),  # ||u||² starts ~1e-4× Kaiming's.
 }
 # ``model.uncertainty_input``: the uncertainty head reads the pooled features h as they are,
 # or their L2-normalised copy (then ||u|| is bounded by the head's weights, whatever the
@@ -71,14 +71,18 @@ def uncertainty_embedding(raw: jax.Array, activation: str = "relu") -> jax.Array
 
 
 def pool_features(feature_map: jax.Array, pooling: str = "avg+max") -> jax.Array:
-  """[B, H, W, C] -> [B, C]: ``avg+max`` (GAP + GMP), ``avg`` or ``max``."""
+  """[B, H, W, C] -> [B, C]: ``avg+max`` (GAP + GMP), ``avg`` or ``max``. [B, C] (a ViT,
+  which pools itself: ``model.pooling`` = token | avg) is returned as it is."""
+  if feature_map.ndim == 2:
+    return feature_map
   return names.lookup(POOLINGS, pooling, "pooling")(feature_map)
 
 
 class EmbeddingModel(nn.Module):
   """Images [B, H, W, 3] -> {"features": h [B, F], "semantic": mu [B, D], "uncertainty": u}.
 
-  ``uncertainty`` is [B, D] when the uncertainty head is on, else absent.
+  ``uncertainty`` is [B, D] when the uncertainty head is on, else absent. ``head_bias``:
+  both heads with a bias (the papers' code) or linear without one (ViT DML: Hyp-ViT, HIER).
   """
 
   backbone: nn.Module
@@ -88,16 +92,18 @@ class EmbeddingModel(nn.Module):
   uncertainty_init: str = "kaiming"
   uncertainty_input: str = "features"
   pooling: str = "avg+max"
+  head_bias: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     h = pool_features(self.backbone(images), self.pooling).astype(jnp.float32)
     out = {"features": h,
-           "semantic": nn.Dense(self.embedding_dim, kernel_init=HEAD_INIT, name="semantic")(h)}
+           "semantic": nn.Dense(self.embedding_dim, kernel_init=HEAD_INIT,
+                                use_bias=self.head_bias, name="semantic")(h)}
     if self.uncertainty:
       head = names.lookup(UNCERTAINTY_INITS, self.uncertainty_init, "uncertainty init")
       h_u = l2_normalize(h) if self.uncertainty_input == "normalized_features" else h
-      raw = head(self.embedding_dim, h.shape[-1], "uncertainty")(h_u)
+      raw = head(self.embedding_dim, h.shape[-1], "uncertainty", self.head_bias)(h_u)
       out["uncertainty"] = uncertainty_embedding(raw, self.uncertainty_activation)
     return out
 

@@ -19,7 +19,7 @@ from jax.sharding import Sharding
 
 from idml_jax import config as config_lib
 from idml_jax import iaa, losses
-from idml_jax.models import ClassifierModel, EmbeddingModel, convert, make_backbone
+from idml_jax.models import ClassifierModel, EmbeddingModel, convert, get_backbone, make_backbone
 from idml_jax.optim import make_optimizer
 
 
@@ -47,9 +47,10 @@ class TrainState:
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int = 0) -> nn.Module:
   """The embedding model (retrieval) or the classifier (``num_classes`` outputs)."""
+  kwargs = {"pool": config.model.pooling} if get_backbone(config.model.backbone).vit else {}
   backbone = make_backbone(config.model.backbone,
                            train_bn=config_lib.batch_norm_mode(config) == "train",
-                           dtype=jnp.dtype(config.model.dtype))
+                           dtype=jnp.dtype(config.model.dtype), **kwargs)
   idml = config_lib.uses_idml(config.method)
   if config.task == "classification":
     if num_classes < 2:
@@ -63,7 +64,7 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int = 0) -> nn.Mo
                         uncertainty_activation=config.model.uncertainty_activation,
                         uncertainty_init=config.model.uncertainty_init,
                         uncertainty_input=config.model.uncertainty_input,
-                        pooling=config.model.pooling)
+                        pooling=config.model.pooling, head_bias=config.model.head_bias)
 
 
 def _variables(config: ml_collections.ConfigDict, model: nn.Module) -> dict:
@@ -80,8 +81,9 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
   key = jax.random.PRNGKey(config.seed)
   variables = _variables(config, model)
   if pretrained and config.model.pretrained:
-    variables = convert.load_into(variables,
-                                  convert.load(config.model.pretrained, config.model.backbone))
+    variables = convert.load_into(
+        variables, convert.load(config.model.pretrained, config.model.backbone),
+        config.model.backbone)
   params = {"model": variables["params"]}
   if config.task == "retrieval" and config.loss.name in losses.PROXY_LOSSES:
     dim = config.model.embedding_dim
