@@ -35,6 +35,7 @@ CANDIDATES = {  # name: (semantic_distance, activation, init, input)
     "normalized": ("normalized", "relu", "kaiming", "features"),  # the "obvious fix"
     "normalized_small_init": ("normalized", "relu", "small", "features"),
     "normalized_features": ("normalized", "relu", "kaiming", "normalized_features"),
+    "normalized_bounded": ("normalized", "relu_bounded", "kaiming", "normalized_features"),
     "official": ("normalized", "l2_normalize", "torch", "features"),  # ||u|| = 1: no learning
 }
 SETTINGS = {

@@ -37,6 +37,7 @@ def official(c):
   scale/shift trained after the warm-up (statistics frozen)."""
   c.model.uncertainty_activation = "l2_normalize"
   c.model.uncertainty_init = "torch"
+  c.model.uncertainty_input = "features"
   c.idml.semantic_distance = "normalized"
   c.optimizer.uncertainty_head_group = "backbone"
   c.model.batch_norm = "frozen_stats"

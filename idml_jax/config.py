@@ -46,7 +46,10 @@ def neighbor_correction_on(config: ml_collections.ConfigDict, num_classes: int) 
 
 def batch_norm_mode(config: ml_collections.ConfigDict) -> str:
   """``model.batch_norm`` with ``auto`` resolved: BatchNorm trains from scratch and stays
-  frozen over pretrained weights (whose statistics are meaningful)."""
+  frozen over pretrained weights (whose statistics are meaningful); ``none`` for backbones
+  without BatchNorm (ViTs), whatever the setting."""
+  if models.get_backbone(config.model.backbone).vit is not None:
+    return "none"
   mode = config.model.batch_norm
   if mode == "auto":
     return "frozen" if config.model.pretrained else "train"
@@ -71,9 +74,12 @@ def default_config() -> ml_collections.ConfigDict:
   # scale/shift not trained (the papers) | frozen_stats: running statistics, scale/shift
   # trained (the official codes) | train: batch statistics, all trained.
   c.model.batch_norm = "auto"
-  c.model.uncertainty_activation = "relu"  # "l2_normalize" = the official IDML code.
+  # The uncertainty u (BENCHMARKS.md, "On which scale does the ISM's uncertainty act"):
+  # relu_bounded: relu(W_u h-hat) with ||u|| = tanh(.) < 1, on the scale of dmu from mu-hat
+  # | relu (unbounded) | l2_normalize (||u|| = 1: the official IDML code) | ...
+  c.model.uncertainty_activation = "relu_bounded"
   c.model.uncertainty_init = "kaiming"  # kaiming (fan-out) | torch (nn.Linear's) | small
-  c.model.uncertainty_input = "features"  # | normalized_features (the head reads h-hat)
+  c.model.uncertainty_input = "normalized_features"  # the head reads h-hat | features (h)
   c.model.pooling = "avg+max"  # CNNs: avg+max | avg | max; ViTs: token | avg
   c.model.head_bias = True  # The heads' bias (the papers' code); ViT DML recipes: False.
 
@@ -119,7 +125,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.idml.b = 5.0
   c.idml.mixup = True
   c.idml.mixup_alpha = 1.0
-  c.idml.semantic_distance = "raw"  # dmu from raw mu | normalized (the official code's mu-hat)
+  c.idml.semantic_distance = "normalized"  # dmu from mu-hat (as the official code) | raw mu
 
   c.iaa = ml_collections.ConfigDict()
   c.iaa.start_epoch = 30

@@ -4,7 +4,10 @@
 
 Writes ``semantic`` [N, D] float32 (the retrieval embeddings, not normalised; a classifier's
 workdir gives ``logits`` [N, C] instead), ``uncertainty_norm`` [N] (IDML's ‖u‖; 0 without an
-uncertainty head) and ``names`` [N] (paths relative to ``--images``). Then
+uncertainty head), ``names`` [N] (paths relative to ``--images``), ``labels`` [N] (each
+image's top-level sub-folder, when the images are in class sub-folders: what
+``idml_jax.calibrate`` needs), and the run's ISM parameters and checkpoint (``ism_a``,
+``ism_b``, ``semantic_distance``, ``workdir``, ``checkpoint``, ``step``). Then
 ``python -m idml_jax.search`` answers queries.
 """
 
@@ -39,8 +42,14 @@ def main(argv):
   key = "logits" if "logits" in emb else "semantic"
   check_finite(emb[key], f"The embeddings by the {trained.checkpoint} checkpoint (step "
                          f"{trained.step}) of {_WORKDIR.value}")
-  np.savez(_OUT.value, **emb)
-  shapes = ", ".join(f"{k} {v.shape}" for k, v in emb.items() if k != "names")
+  names = [str(n) for n in emb["names"]]
+  if all(os.sep in n for n in names):
+    emb["labels"] = np.asarray([n.split(os.sep, 1)[0] for n in names])
+  idml = trained.config.idml
+  np.savez(_OUT.value, **emb, ism_a=idml.a, ism_b=idml.b,
+           semantic_distance=idml.semantic_distance, workdir=os.path.abspath(_WORKDIR.value),
+           checkpoint=trained.checkpoint, step=trained.step)
+  shapes = ", ".join(f"{k} {v.shape}" for k, v in emb.items() if k not in ("names", "labels"))
   print(f"{len(emb['names'])} images -> {_OUT.value} ({shapes}; {trained.checkpoint} "
         f"checkpoint, step {trained.step})")
 

@@ -188,18 +188,6 @@ def _circulant_blocks(num_classes: int, block_size: int) -> tuple[int, int, int]
   return nb, -(-num_classes // nb), nb // 2 + 1
 
 
-def _masked_extremes(sq: jax.Array, valid: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-  return (jnp.min(jnp.where(valid, sq, jnp.inf), axis=axis),
-          jnp.max(jnp.where(valid, sq, -jnp.inf), axis=axis))
-
-
-def _normalise(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-  """Min-max normalised distances from squared ones (sqrt is monotonic). [b, k], [b], [b]."""
-  lo, hi = jnp.sqrt(lo)[:, None], jnp.sqrt(hi)[:, None]
-  span = hi - lo
-  return jnp.where(span > 0, (jnp.sqrt(sq_at) - lo) / jnp.where(span > 0, span, 1.0), 0.0)
-
-
 @functools.partial(jax.jit, static_argnames=("num_neighbors", "block_size"))
 def _tiled_neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Array, *,
                                num_neighbors: int, sigma_mean: float, sigma_cov: float,

@@ -84,11 +84,14 @@ def frozen_until(inner: optax.GradientTransformation,
   return optax.GradientTransformation(init, update)
 
 
-def param_labels(params, config: ml_collections.ConfigDict):
-  """Pytree of group names matching ``{"model": ..., "proxies": ...}`` params."""
+def param_labels(params, config: ml_collections.ConfigDict, batch_norm: str):
+  """Pytree of group names matching ``{"model": ..., "proxies": ...}`` params.
+
+  ``batch_norm``: the resolved ``config.batch_norm_mode`` (``frozen`` puts BatchNorm's
+  scale and shift in the ``frozen`` group)."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
   bn_modules = {path[:-1] for path in flat if path[-1] == "scale"}
-  frozen_bn = config.model.batch_norm == "frozen"
+  frozen_bn = batch_norm == "frozen"  # ViTs' LayerNorms also have "scale": mode "none".
   uncertainty_group = config.optimizer.uncertainty_head_group
 
   def label(path):
@@ -114,9 +117,10 @@ def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
       opt.lr, {int(b) * steps_per_epoch: opt.gamma for b in opt.boundaries})
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params,
-                   steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optimiser of ``config`` over ``params`` (arrays or ``ShapeDtypeStruct``s)."""
+def make_optimizer(config: ml_collections.ConfigDict, params, steps_per_epoch: int, *,
+                   batch_norm: str) -> optax.GradientTransformation:
+  """The optimiser of ``config`` over ``params`` (arrays or ``ShapeDtypeStruct``s);
+  ``batch_norm``: the resolved ``config.batch_norm_mode(config)``."""
   opt = config.optimizer
   direction = names.lookup(OPTIMIZERS, opt.name, "optimizer")
   lr = learning_rate(config, steps_per_epoch)
@@ -131,4 +135,4 @@ def make_optimizer(config: ml_collections.ConfigDict, params,
   return optax.multi_transform(
       {"backbone": group(1.0, warmup), "head": group(opt.head_lr_mult),
        "proxies": group(opt.proxy_lr_mult), "frozen": optax.set_to_zero()},
-      param_labels(params, config))
+      param_labels(params, config, batch_norm))

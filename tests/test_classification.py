@@ -1,6 +1,7 @@
 """Image classification with the ISM (§1.4): model, Mixup/CutMix, loss, data, training."""
 
 import io
+import json
 import os
 
 import jax
@@ -190,8 +191,11 @@ def test_end_to_end_on_shipped_data(tmp_path):
   final = results["final"]
   assert 0 <= final["top1"] <= final["top5"] <= 1 and "uncertainty_mean" in final
   assert results["best"]["top1"] == max(results["best"]["top1"], final["top1"])
-  for f in ("training_curves.png", "uncertainty_vs_error.png", "results.json", "run.json"):
+  for f in ("training_curves.png", "uncertainty_vs_error.png", "results.json", "run.json",
+            "risk_coverage.png", "reliability.png"):
     assert os.path.exists(tmp_path / f), f
+  assert 0 <= final["ece_softmax"] <= 1 and 0 <= final["ece_ism"] <= 1
+  assert {"softmax", "ism"} <= set(json.load(open(tmp_path / "results.json"))["calibration"])
   again = loop.evaluate_only(c, str(tmp_path))
   assert again["top1"] == pytest.approx(results["best"]["top1"])
 

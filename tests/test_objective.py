@@ -83,7 +83,9 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
     return flat @ p["w_s"], (np.maximum(flat @ p["w_u"], 0) if idml else None)
 
   def one_pass(mu, u, y, boost):
-    if config.loss.name == "proxy_anchor":
+    if config.loss.name == "proxy_anchor":  # dmu = ||mu-hat - p||² (raw proxies).
+      if config.idml.semantic_distance == "normalized":
+        mu = mu / np.linalg.norm(mu, axis=1, keepdims=True)
       return naive.proxy_anchor(_naive_similarity(mu, u, params["proxies"], None), y)
     cand_mu, cand_u, cand_y, source = mu, u, y, list(range(len(y)))
     if boost:  # M copies per original, copy m of sample i at B + m B + i.
@@ -93,6 +95,8 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
       cand_u = None if u is None else np.concatenate([u] + [u] * M)  # Inherited.
       cand_y = np.concatenate([y] * (1 + M))
       source = list(range(len(y))) * (1 + M)
+    if config.idml.semantic_distance == "normalized":  # dmu from mu-hat (synthetic too).
+      mu, cand_mu = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (mu, cand_mu))
     sim = _naive_similarity(mu, u, cand_mu, cand_u)
     return _naive_pair_loss(config.loss.name, sim, y, cand_y, source)
 
@@ -110,9 +114,12 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
     ("baseline", "multi_similarity", False), ("baseline", "contrastive", False),
     ("idml", "proxy_anchor", False), ("idml", "multi_similarity", False),
     ("iaa", "multi_similarity", True), ("iaa", "contrastive", True), ("iaa", "triplet", True),
-    ("idml+iaa", "multi_similarity", True), ("idml+iaa", "contrastive", True)])
+    ("idml+iaa", "multi_similarity", True), ("idml+iaa", "contrastive", True),
+    ("idml", "proxy_anchor:raw", False), ("idml+iaa", "multi_similarity:raw", True)])
 def test_total_loss_matches_a_naive_loop(method, loss, synthesize):
-  config = tiny(method=method, loss=loss, iaa__num_synthetic=M, model__embedding_dim=D)
+  loss, _, distance = loss.partition(":")  # ":raw": dmu from the raw mu.
+  config = tiny(method=method, loss=loss, iaa__num_synthetic=M, model__embedding_dim=D,
+                idml__semantic_distance=distance or "normalized")
   images, labels, params, cov, draws = _setup()
   stats = type("Stats", (), {"synthesis_covariance": jnp.float32(cov)})()
   as32 = lambda t: jax.tree.map(jnp.float32, t)
@@ -139,3 +146,46 @@ def test_step_draws_are_keyed_and_shaped():
   again = objective.step_draws(config, jax.random.PRNGKey(3), 16, 16)
   jax.tree.map(np.testing.assert_array_equal, draws, again)
   assert set(objective.step_draws(tiny(method="baseline"), jax.random.PRNGKey(3), 16, 16)) == set()
+
+
+@pytest.mark.parametrize("variant", ["default", "official"])
+def test_the_ism_gets_what_the_difference_table_says(variant):
+  """Default: dmu from mu-hat and u = relu(W_u h-hat) with ||u|| < 1 (it learns); official
+  (configs/idml_pa.py:cub,official): dmu from mu-hat and ||u|| = 1 whatever h is."""
+  import jax
+  from conftest import load_config
+
+  from idml_jax.train.state import make_model
+  c = load_config("idml_pa.py", "cub,runlocal" + (",official" if variant == "official" else ""))
+  model = make_model(c)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3)) * 255
+  variables = model.init(jax.random.PRNGKey(1), x)
+  out = model.apply(variables, x)
+  mu = out["semantic"]
+  np.testing.assert_allclose(objective._ism_inputs(c, mu),
+                             mu / np.linalg.norm(mu, axis=1, keepdims=True), rtol=1e-5)
+  norms = np.linalg.norm(out["uncertainty"], axis=1)
+  if variant == "official":
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+  else:
+    assert np.all(out["uncertainty"] >= 0) and np.all(norms < 1) and np.ptp(norms) > 0
+    # The head reads h-hat: an image whose pooled features only scale gets the same u.
+    from idml_jax.models.embedding import relu_bounded
+    w = variables["params"]["uncertainty"]["kernel"]
+    h = np.random.default_rng(0).standard_normal((1, w.shape[0])).astype(np.float32)
+    head = lambda v: relu_bounded(v / np.linalg.norm(v) @ w
+                                  + variables["params"]["uncertainty"]["bias"])
+    np.testing.assert_allclose(head(h), head(7 * h), rtol=1e-5)
+  from idml_jax import similarity
+
+  m = objective._ism_inputs(c, jax.random.normal(jax.random.PRNGKey(2), mu.shape))  # Apart.
+
+  def ism_sum(params):
+    u = model.apply({**variables, "params": params}, x)["uncertainty"]
+    return jnp.sum(similarity.introspective_similarity(m, u, m, u))
+
+  g = jax.grad(ism_sum)(variables["params"])["uncertainty"]["kernel"]
+  if variant == "official":  # ||u|| = 1 for every image: du is constant, no gradient.
+    assert float(jnp.max(jnp.abs(g))) < 1e-6
+  else:
+    assert float(jnp.max(jnp.abs(g))) > 1e-4

@@ -72,7 +72,7 @@ def test_steps_equal_torch_across_the_warm_up_and_a_decay(name, uncertainty_in_b
            optimizer__uncertainty_head_group="backbone" if uncertainty_in_backbone else "head")
   want = _torch_run(params, grads, name, 1e-2, 1e-2, 2 * STEPS_PER_EPOCH, 10.0, 0.5,
                     uncertainty_in_backbone, nesterov=True)
-  tx = make_optimizer(c, params, STEPS_PER_EPOCH)
+  tx = make_optimizer(c, params, STEPS_PER_EPOCH, batch_norm="train")
   p = jax.tree.map(jnp.float32, params)
   state = tx.init(p)
   update = jax.jit(tx.update)
@@ -122,3 +122,28 @@ def test_frozen_until_keeps_the_inner_state_still():
   u, state = tx.update(jnp.full(3, 5.0), state, p)
   fresh, _ = inner.update(jnp.full(3, 5.0), inner.init(p), p)
   np.testing.assert_array_equal(u, fresh)  # Adam's step 1.
+
+
+@pytest.mark.parametrize("backbone, setting, pretrained, want", [
+    ("resnet_tiny", "auto", "weights/", "frozen"),  # auto over weights = frozen (the papers).
+    ("resnet_tiny", "auto", "", "backbone"),  # auto from scratch = trained.
+    ("resnet_tiny", "frozen_stats", "weights/", "backbone"),
+    ("resnet_tiny", "frozen", "", "frozen"),
+    ("vit_tiny", "frozen", "weights/", "backbone"),  # LayerNorm is not BatchNorm.
+])
+def test_batch_norm_scale_and_shift_follow_the_resolved_mode(backbone, setting, pretrained,
+                                                            want):
+  from idml_jax.config import batch_norm_mode
+  from idml_jax.optim import param_labels
+  from idml_jax.train.state import make_model
+  c = tiny(method="idml", model__backbone=backbone, model__batch_norm=setting)
+  c.model.pretrained = pretrained
+  if backbone.startswith("vit"):
+    c.model.pooling = "token"
+  params = jax.eval_shape(lambda: make_model(c).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))["params"]
+  labels = param_labels({"model": params, "proxies": jnp.zeros((5, 16))}, c,
+                        batch_norm_mode(c))
+  flat = jax.tree_util.tree_flatten_with_path(labels["model"]["backbone"])[0]
+  norms = {lab for path, lab in flat if "scale" in jax.tree_util.keystr(path)}
+  assert norms == {want}

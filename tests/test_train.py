@@ -27,9 +27,16 @@ def test_demo_config_end_to_end_learns(tmp_path):
   assert final["recall@1"] > untrained["recall@1"] + 0.05
   assert final["map@r"] > untrained["map@r"] + 0.03
   for f in ("results.json", "metrics.jsonl", "training_curves.png", "retrieval_grid.png",
-            "uncertainty_vs_error.png", "run.json", "untrained.json"):
+            "uncertainty_vs_error.png", "risk_coverage.png", "run.json", "untrained.json"):
     assert os.path.exists(tmp_path / f), f
   assert os.listdir(tmp_path / "tensorboard")
+  on_disk = json.load(open(tmp_path / "results.json"))
+  curves = on_disk["risk_coverage"]  # ||u|| and the trivial confidences, side by side.
+  assert {"uncertainty", "nearest", "gap", "oracle"} <= set(curves)
+  for score in ("uncertainty", "nearest", "gap"):
+    assert len(curves[score]["recall@1"]) == 10 and curves[score]["recall@1"][-1] == (
+        pytest.approx(final["recall@1"]))  # Coverage 1 is the whole test split.
+    assert final[f"eaurc_{score}"] >= -1e-9 and 0 <= final[f"aurc_{score}"] <= 1
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert all(0 < r["train/ism_factor_mean"] < 1 for r in rows if "train/ism_factor_mean" in r)
 

@@ -241,3 +241,27 @@ def test_vit_recipe_trains_and_evaluates_on_a_converted_timm_checkpoint(tmp_path
   results = loop.train_and_evaluate(c, str(tmp_path / "run"))
   assert 0.0 <= results["final"]["recall@1"] <= 1.0 and np.isfinite(results["final"]["map@r"])
   assert results["final"]["uncertainty_mean"] > 0
+
+
+def test_a_vit_from_scratch_trains_and_warns_about_no_batch_norm_mode(caplog):
+  """ViTs have no BatchNorm: ``model.batch_norm`` (auto -> train without weights) must
+  neither reach the backbone nor warn about frozen statistics."""
+  import jax
+  from conftest import tiny
+
+  from idml_jax import config as config_lib
+  from idml_jax.train.steps import Steps, make_mesh, to_global
+  c = tiny(method="idml", loss="proxy_anchor", model__backbone="vit_tiny",
+           model__pooling="token")
+  assert config_lib.batch_norm_mode(c) == "none"
+  steps = Steps.build(c, 5, 10, make_mesh(jax.devices()[:1]))
+  images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3), dtype=np.uint8)
+  batch = to_global(steps.mesh, {"image": images,
+                                 "label": np.repeat(np.arange(4), 4).astype(np.int32)})
+  _, m = steps.train_step(steps.fresh_state(), batch, 0.8, synthesize=False,
+                          train_backbone=True)
+  assert np.isfinite(float(m["loss"]))
+  from idml_jax.train import loop
+  with caplog.at_level("WARNING"):
+    loop._warn_about_weights(c)
+  assert "BatchNorm" not in caplog.text

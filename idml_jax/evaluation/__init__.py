@@ -1,4 +1,5 @@
-"""Evaluation (docs/algorithms.md §3): retrieval, clustering, classification, uncertainty.
+"""Evaluation (docs/algorithms.md §3): retrieval, clustering, classification, uncertainty
+(selective prediction: risk–coverage, AURC, calibration).
 
 The one public place for metrics; every function takes NumPy arrays and returns a dict of
 floats (``query_ranks`` returns the per-query outcome they are computed from).
@@ -15,6 +16,13 @@ from idml_jax.evaluation.retrieval import (
     query_ranks,
     retrieval_metrics,
 )
+from idml_jax.evaluation.selective import (
+    confidence_scores,
+    expected_calibration_error,
+    risk_coverage,
+    selective_report,
+    softmax_confidence,
+)
 from idml_jax.evaluation.uncertainty import uncertainty_report
 
 __all__ = [
@@ -25,12 +33,17 @@ __all__ = [
     "QueryRanks",
     "classification_metrics",
     "clustering_metrics",
+    "confidence_scores",
+    "expected_calibration_error",
     "get_search",
     "kmeans",
     "pairwise_f1",
     "query_gallery_metrics",
     "query_ranks",
     "retrieval_metrics",
+    "risk_coverage",
+    "selective_report",
+    "softmax_confidence",
     "true_class_rank",
     "uncertainty_report",
 ]

@@ -36,18 +36,59 @@ def _topk_block(q: jax.Array, db: jax.Array, row_ids: jax.Array, k: int,
   return jax.lax.top_k(s, k)
 
 
+@functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
+def _topk_tiled(q: jax.Array, tiles: jax.Array, row_ids: jax.Array, n: jax.Array, k: int,
+                exclude_self: bool) -> tuple[jax.Array, jax.Array]:
+  """Queries [B, D] against database tiles [T, G, D] (the last padded past ``n``): a
+  running top-k over the tiles, never more than a B × G score block."""
+  g = tiles.shape[1]
+
+  def merge(carry, tile_and_start):
+    best_s, best_i = carry
+    tile, start = tile_and_start
+    ids = start + jnp.arange(g)
+    s = jnp.where(ids[None, :] < n, q @ tile.T, -jnp.inf)
+    if exclude_self:
+      s = jnp.where(row_ids[:, None] == ids[None, :], -jnp.inf, s)
+    cand_s = jnp.concatenate([best_s, s], axis=1)  # Earlier tiles: lower indices first.
+    cand_i = jnp.concatenate([best_i, jnp.broadcast_to(ids, s.shape)], axis=1)
+    top_s, pos = jax.lax.top_k(cand_s, k)
+    return (top_s, jnp.take_along_axis(cand_i, pos, axis=1)), None
+
+  init = (jnp.full((q.shape[0], k), -jnp.inf, q.dtype),
+          jnp.full((q.shape[0], k), jnp.iinfo(jnp.int32).max, jnp.int32))
+  starts = jnp.arange(tiles.shape[0], dtype=jnp.int32) * g
+  (scores, indices), _ = jax.lax.scan(merge, init, (tiles, starts))
+  return scores, indices
+
+
 def jax_search(queries: np.ndarray, database: np.ndarray, k: int, exclude_self: bool = False,
-               block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-  """Exact kNN by blocked matmul + top-k. [Q, D], [N, D] -> [Q, k] scores, indices."""
-  db = jnp.asarray(database, jnp.float32)
+               block_size: int = 1024, gallery_block: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Exact kNN by blocked matmul + top-k. [Q, D], [N, D] -> [Q, k] scores, indices.
+
+  ``gallery_block``: also tile the database (a running top-k over tiles of that many
+  items), so memory stays ``block_size × gallery_block`` however large the gallery; None
+  scores each query block against the whole database at once.
+  """
   n = queries.shape[0]
   block = min(block_size, n)
   pad = (-n) % block
   q = np.pad(np.asarray(queries, np.float32), ((0, pad), (0, 0)))
+  tiled = gallery_block is not None and gallery_block < database.shape[0]
+  if tiled:
+    n_db = database.shape[0]
+    t = -(-n_db // gallery_block)
+    db = np.pad(np.asarray(database, np.float32), ((0, t * gallery_block - n_db), (0, 0)))
+    db = jnp.asarray(db.reshape(t, gallery_block, -1))
+  else:
+    db = jnp.asarray(database, jnp.float32)
   scores, indices = [], []
   for start in range(0, n + pad, block):
     rows = jnp.arange(start, start + block)
-    s, i = _topk_block(jnp.asarray(q[start:start + block]), db, rows, k, exclude_self)
+    qb = jnp.asarray(q[start:start + block])
+    s, i = (_topk_tiled(qb, db, rows, jnp.int32(n_db), k, exclude_self) if tiled
+            else _topk_block(qb, db, rows, k, exclude_self))
     scores.append(s)
     indices.append(i)
   return (np.concatenate(jax.device_get(scores))[:n],

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from idml_jax import platform
 from idml_jax.evaluation import knn
 from idml_jax.evaluation.inputs import check_embeddings, duplicate_groups
 from idml_jax.ops import l2_normalize_np, top_k_candidates
@@ -282,7 +283,7 @@ def _knn_ranks(query, query_labels, gallery, gallery_labels, max_k: int,
 
 def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray | None = None,
                 gallery_labels: np.ndarray | None = None, *, max_k: int = 1,
-                backend: str = "exact", block_size: int = 4096) -> QueryRanks:
+                backend: str = "exact", block_size: int | None = None) -> QueryRanks:
   """Per-query ranks of the relevant items of cosine retrieval (embeddings normalised here).
 
   Args:
@@ -291,6 +292,8 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
       with each query excluded from its own neighbours.
     max_k: the largest K of Recall@K needed (kNN back-ends search that far).
     backend: one of ``RETRIEVAL_BACKENDS``.
+    block_size: the exact back-end's square block (default: ``idml_jax.platform``'s;
+      any size gives the same ranks).
   """
   if backend not in RETRIEVAL_BACKENDS:
     raise ValueError(f"Unknown retrieval backend {backend!r}; valid: {RETRIEVAL_BACKENDS}.")
@@ -312,12 +315,14 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
     logging.info("Repeated embeddings: ranks computed exactly (ties by gallery index).")
     backend = "exact"
   if backend == "exact":
-    return _exact_ranks(query, query_labels, gallery, gallery_labels, block_size)
+    return _exact_ranks(query, query_labels, gallery, gallery_labels,
+                        block_size or platform.defaults().retrieval_block)
   return _knn_ranks(query, query_labels, gallery, gallery_labels, max_k, backend)
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(1, 2, 4, 8),
-                      backend: str = "exact", block_size: int = 4096) -> dict[str, float]:
+                      backend: str = "exact",
+                      block_size: int | None = None) -> dict[str, float]:
   """All-vs-all ``recall@K`` (K in ``recall_ks``), ``r_precision`` and ``map@r`` of
   embeddings [N, D] with labels [N], each query excluded from its own neighbours."""
   return query_ranks(embeddings, labels, max_k=max(recall_ks), backend=backend,
@@ -326,7 +331,8 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(
 
 def query_gallery_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
                           gallery_labels: np.ndarray, *, recall_ks=(1, 10, 20, 30),
-                          backend: str = "exact", block_size: int = 4096) -> dict[str, float]:
+                          backend: str = "exact",
+                      block_size: int | None = None) -> dict[str, float]:
   """In-Shop style: queries [Q, D] against a separate gallery [N, D]; ``recall@K``,
   ``r_precision``, ``map@r``."""
   return query_ranks(query, query_labels, gallery, gallery_labels, max_k=max(recall_ks),

@@ -48,6 +48,19 @@ UNCERTAINTY_INITS: dict[str, Callable[..., nn.Dense]] = {
 # features' scale).
 UNCERTAINTY_INPUTS = ("features", "normalized_features")
 
+def relu_bounded(x: jax.Array) -> jax.Array:
+  """``relu(x)`` rescaled to the norm ``tanh(||relu(x)||)`` < 1 (direction kept) [..., D].
+
+  Non-negative like ReLU, and on the official code's scale (its u has norm exactly 1) while
+  still learning: du = ||u_a||² + ||u_b||² < 2 against a = 4, so the ISM's factor is
+  modulated by the uncertainty without ever saturating (BENCHMARKS.md).
+  """
+  r = jax.nn.relu(x)
+  sq = jnp.sum(jnp.square(r), axis=-1, keepdims=True)
+  safe = jnp.sqrt(jnp.where(sq > 1e-12, sq, 1.0))
+  return r * jnp.where(sq > 1e-12, jnp.tanh(safe) / safe, 1.0)  # tanh(n)/n -> 1 at n -> 0
+
+
 # raw head output [..., D] -> u. "l2_normalize" is the official IDML retrieval code: ||u||² = 1
 # for every image, so the head gets no gradient.
 UNCERTAINTY_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -55,6 +68,7 @@ UNCERTAINTY_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "softplus": jax.nn.softplus,
     "identity": lambda x: x,
     "l2_normalize": l2_normalize,
+    "relu_bounded": relu_bounded,
 }
 
 # [B, H, W, C] -> [B, C].

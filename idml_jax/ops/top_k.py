@@ -8,12 +8,22 @@ transposing it: only the ``k·group`` candidates per column are transposed.
 
 Ties are broken as ``lax.top_k`` breaks them, lower index first: the chosen groups are
 gathered in index order, so equal candidates keep the order of their positions.
+
+``group=None`` takes the platform's default (``idml_jax.platform``: 32 on CPU; 0, plain
+``lax.top_k``, on GPUs and TPUs, which have fast top-k kernels). Every group gives the same
+result.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from idml_jax import platform
+
+
+def _group(group: int | None) -> int:
+  return platform.defaults().top_k_group if group is None else group
 
 
 def _grouped_candidates(x: jax.Array, k: int, axis: int,
@@ -24,7 +34,7 @@ def _grouped_candidates(x: jax.Array, k: int, axis: int,
   (positions index ``axis``), or None where grouping would not shrink the problem.
   """
   n = x.shape[axis]
-  if k * group * 2 > n:
+  if group <= 1 or k * group * 2 > n:
     return None
   if n % group:
     pad = [(0, 0), (0, 0)]
@@ -43,7 +53,8 @@ def _grouped_candidates(x: jax.Array, k: int, axis: int,
   return values, jnp.minimum(positions, n - 1)  # Padding (-inf) points at a real index.
 
 
-def top_k(x: jax.Array, k: int, group: int = 32, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+def top_k(x: jax.Array, k: int, group: int | None = None,
+          axis: int = -1) -> tuple[jax.Array, jax.Array]:
   """Largest k values along ``axis`` and their indices (ties: lower index first).
 
   [..., n] -> [..., k] ×2 for ``axis=-1``; [n, m] -> [m, k] ×2 for ``axis=0`` (one row
@@ -53,6 +64,7 @@ def top_k(x: jax.Array, k: int, group: int = 32, axis: int = -1) -> tuple[jax.Ar
     lead = x.shape[:-1]
     values, index = top_k(x.reshape(-1, x.shape[-1]), k, group)
     return values.reshape(lead + (k,)), index.reshape(lead + (k,))
+  group = _group(group)
   axis = axis % x.ndim
   if axis != x.ndim - 1 and x.ndim != 2:
     raise ValueError(f"top_k along axis {axis} needs a 2-D array; got shape {x.shape}.")
@@ -65,14 +77,14 @@ def top_k(x: jax.Array, k: int, group: int = 32, axis: int = -1) -> tuple[jax.Ar
 
 
 def top_k_candidates(x: jax.Array, k: int, axis: int,
-                     group: int = 32) -> tuple[jax.Array, jax.Array]:
+                     group: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Values of a 2-D ``x`` that include its k largest along ``axis``, and their positions.
 
   Returns ``(values, positions)``, each [other, k·group] in increasing position order (or
   the whole of x, moved to the last axis, when that is not smaller): a ``lax.top_k`` over
   the values gives the exact top k, ties to the lower position.
   """
-  grouped = _grouped_candidates(x, k, axis, group)
+  grouped = _grouped_candidates(x, k, axis, _group(group))
   if grouped is None:
     values = x if axis == 1 else x.T
     return values, jnp.broadcast_to(jnp.arange(values.shape[1]), values.shape)

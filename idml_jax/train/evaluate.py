@@ -76,7 +76,9 @@ def evaluate(steps: Steps, state, splits: dict,
 
   Returns ``(metrics, emb)``: ``emb`` holds the embedded (query) split and per-query
   ``failed`` [Q] (a miss at Recall@1, a top-1 error), ``first_hit_rank`` and, for
-  retrieval, ``nearest_score`` / ``second_score`` of the nearest gallery items.
+  retrieval, ``nearest_score`` / ``second_score`` of the nearest gallery items; and
+  ``selective``: the risk–coverage curves of each confidence score (and, classification,
+  ``calibration``: the reliability bins). ``metrics`` has their AURC / E-AURC (and ECE).
   """
   cfg = steps.config
   skipped = skipped or {}
@@ -87,6 +89,18 @@ def evaluate(steps: Steps, state, splits: dict,
     rank = evaluation.true_class_rank(emb["logits"], emb["labels"])
     metrics = evaluation.classification_metrics(emb["logits"], emb["labels"])
     emb.update(first_hit_rank=rank, failed=rank > 0)
+    per_query = {"top1": rank == 0}
+    calibration = {"softmax": evaluation.expected_calibration_error(
+        evaluation.softmax_confidence(emb["logits"]), rank == 0)}
+    if "introspective_logits" in emb:
+      ism_rank = evaluation.true_class_rank(emb["introspective_logits"], emb["labels"])
+      calibration["ism"] = evaluation.expected_calibration_error(
+          evaluation.softmax_confidence(emb["introspective_logits"]), ism_rank == 0)
+    metrics.update({f"ece_{k}": v["ece"] for k, v in calibration.items()})
+    emb["calibration"] = calibration
+    scores = evaluation.confidence_scores(
+        uncertainty_norm=emb["uncertainty_norm"] if uses_idml(cfg.method) else None,
+        logits=emb["logits"])
   else:
     ks = tuple(cfg.eval.ks)
     emb, gallery = (embedded["query"], embedded["gallery"]) if "query" in embedded else \
@@ -101,6 +115,12 @@ def evaluate(steps: Steps, state, splits: dict,
     if cfg.eval.nmi and gallery is None:
       metrics.update(evaluation.clustering_metrics(emb["semantic"], emb["labels"],
                                                    backend=cfg.eval.kmeans, seed=cfg.seed))
+    per_query = {"recall@1": ~emb["failed"], "map@r": emb["query_map@r"]}
+    scores = evaluation.confidence_scores(
+        uncertainty_norm=emb["uncertainty_norm"] if uses_idml(cfg.method) else None,
+        nearest_score=ranks.nearest_score, second_score=ranks.second_score)
+  scalars, emb["selective"] = evaluation.selective_report(scores, ~emb["failed"], per_query)
+  metrics.update(scalars)
   if uses_idml(cfg.method):
     metrics.update(evaluation.uncertainty_report(emb["uncertainty_norm"], emb["failed"]))
   for name, e in embedded.items():

@@ -1,4 +1,5 @@
-"""PNG figures in the workdir: training curves, a retrieval grid, uncertainty vs error."""
+"""PNG figures in the workdir: training curves, a retrieval grid, uncertainty vs error,
+risk–coverage curves of the confidence scores, and (classifiers) a reliability diagram."""
 
 from __future__ import annotations
 
@@ -106,3 +107,50 @@ def uncertainty_vs_error(workdir: Workdir, emb: dict, bins: int = 5) -> str | No
   if not np.any(emb["uncertainty_norm"]):
     return None
   return _save(uncertainty_figure(emb, bins), workdir, "uncertainty_vs_error.png")
+
+
+_LABELS = {"uncertainty": "-||u|| (IDML)", "nearest": "nearest similarity",
+           "gap": "top-1 - top-2 gap", "msp": "max softmax prob.", "oracle": "oracle"}
+
+
+def risk_coverage_figure(selective: dict) -> Figure:
+  """Risk (1 - Recall@1 or top-1 error) of the most confident fraction, per score; and the
+  per-query metrics at the coverages 0.1 .. 1.0."""
+  fig = Figure(figsize=(10, 3.8))
+  axes = fig.subplots(1, 2)
+  for name, c in selective.items():
+    style = dict(color="black", linestyle="--") if name == "oracle" else {}
+    axes[0].plot(c["fine_coverage"], c["risk"], label=f"{_LABELS.get(name, name)} "
+                 f"(AURC {c['aurc']:.3f})", **style)
+    metric = "recall@1" if "recall@1" in c else "top1"
+    axes[1].plot(c["coverage"], c[metric], marker="o", label=_LABELS.get(name, name), **style)
+  axes[0].set(title="risk-coverage (lower is better)", xlabel="coverage", ylabel="risk")
+  axes[1].set(title="accuracy of the most confident fraction", xlabel="coverage",
+              ylabel="Recall@1" if "recall@1" in next(iter(selective.values())) else "top-1")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def risk_coverage(workdir: Workdir, selective: dict) -> str:
+  """``risk_coverage.png`` from ``evaluate``'s ``selective`` curves."""
+  return _save(risk_coverage_figure(selective), workdir, "risk_coverage.png")
+
+
+def reliability(workdir: Workdir, calibration: dict) -> str:
+  """``reliability.png``: accuracy against confidence per bin, for each set of logits."""
+  fig = Figure(figsize=(4.5 * len(calibration), 4))
+  axes = np.atleast_1d(fig.subplots(1, len(calibration)))
+  for ax, (name, c) in zip(axes, calibration.items(), strict=True):
+    bins = len(c["bin_count"])
+    centers = (np.arange(bins) + 0.5) / bins
+    ax.bar(centers, np.nan_to_num(c["bin_accuracy"]), width=1 / bins, edgecolor="black",
+           alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="calibrated")
+    ax.set(title=f"{name} logits (ECE {c['ece']:.3f})", xlabel="confidence", ylabel="accuracy",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, workdir, "reliability.png")

@@ -105,7 +105,7 @@ def _warn_about_weights(config: ml_collections.ConfigDict) -> None:
   if config.model.pretrained:
     return
   mode = config_lib.batch_norm_mode(config)
-  if mode != "train":
+  if mode not in ("train", "none"):
     logging.warning("model.batch_norm=%r without pretrained weights: BatchNorm stays at its "
                     "initial statistics and the network trains with no normalisation. Use "
                     "--config.model.batch_norm=train (or auto).", mode)
@@ -250,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   results = {"final": final, "best": best, "untrained": untrained, "steps": total,
              "train_seconds_this_run": time.perf_counter() - t_start,
              "steps_this_run": total - start, "skipped_images": _skipped(run),
+             "risk_coverage": emb["selective"], "calibration": emb.get("calibration"),
              "config": cfg.to_dict()}
   if is_main_process():
     write_json(wd.results_file, results)
@@ -266,7 +267,11 @@ def _draw_figures(run: Run, emb: dict) -> None:
                      ("retrieval grid", lambda: "semantic" in emb and figures.retrieval_grid(
                          run.workdir, emb, source)),
                      ("uncertainty figure", lambda: figures.uncertainty_vs_error(
-                         run.workdir, emb))):
+                         run.workdir, emb)),
+                     ("risk-coverage figure", lambda: figures.risk_coverage(
+                         run.workdir, emb["selective"])),
+                     ("reliability diagram", lambda: "calibration" in emb and
+                      figures.reliability(run.workdir, emb["calibration"]))):
     try:
       draw()
     except Exception as e:  # noqa: BLE001  A figure must never lose the results.

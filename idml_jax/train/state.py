@@ -107,7 +107,8 @@ def abstract_state(config: ml_collections.ConfigDict, model: nn.Module, num_clas
   if config.task == "retrieval" and config.loss.name in losses.PROXY_LOSSES:
     params["proxies"] = jax.ShapeDtypeStruct((num_classes, config.model.embedding_dim),
                                              jnp.float32)
-  tx = make_optimizer(config, params, steps_per_epoch)
+  tx = make_optimizer(config, params, steps_per_epoch,
+                      batch_norm=config_lib.batch_norm_mode(config))
   abstract = jax.eval_shape(lambda: init_state(config, model, tx, num_classes, pretrained=False))
   if sharding is not None:
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),

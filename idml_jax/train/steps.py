@@ -127,14 +127,16 @@ class Steps:
 
   def _embed(self, state, images) -> dict[str, jax.Array]:
     """uint8 images [B, H, W, 3] -> ``uncertainty_norm`` [B] (0 without the head) and
-    ``semantic`` embeddings [B, D] (retrieval) or plain ``logits`` [B, C] (classification)."""
+    ``semantic`` embeddings [B, D] (retrieval) or plain ``logits`` [B, C] (classification;
+    with the ISM also ``introspective_logits`` [B, C])."""
     out = self.eval_model.apply(
         {"params": state.params["model"], "batch_stats": state.batch_stats},
         normalize(images, self.spec))
     unc = out.get("uncertainty")
     norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
-    name = "logits" if self.config.task == "classification" else "semantic"
-    return {name: out[name], "uncertainty_norm": norm}
+    names = (("logits", "introspective_logits") if self.config.task == "classification"
+             else ("semantic",))
+    return {**{k: out[k] for k in names if k in out}, "uncertainty_norm": norm}
 
   def _update_class_stats(self, stats, embeddings, labels):
     cfg = self.config.iaa

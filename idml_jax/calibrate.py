@@ -1,0 +1,207 @@
+"""Thresholds for matching with abstention, chosen on a labelled held-out split.
+
+    python -m idml_jax.calibrate --index=runs/demo/index --queries=heldout.npz \\
+        [--target_precision=0.9]
+
+For each held-out query, its top-1 gallery neighbour is *correct* when it has the query's
+label. Two rules are calibrated across every threshold the data allows (the distinct
+scores; a threshold t keeps the queries whose score is >= t, so ties never split):
+
+* **match**: the top-1 is declared a match when its cosine similarity s >= t;
+* **answer**: the query is answered only when its uncertainty ||u|| <= t_u (IDML).
+
+For each: precision = correct / declared, recall = correct declared / all correct, F1, and
+coverage = declared / all. The chosen threshold is the loosest one whose precision reaches
+``target_precision`` (the most queries answered at that precision), or the one with the
+highest F1 without a target. A target no threshold reaches is refused, naming the best
+precision there is. The thresholds are stored with the index (``GalleryIndex.thresholds``)
+and :func:`decide` turns them into a per-query decision with its reason:
+
+    abstain    ||u|| > t_u                 "uncertainty 0.93 > 0.80"
+    match      s >= t                      "similarity 0.71 >= 0.65"
+    no_match   s < t                       "similarity 0.42 < 0.65"
+
+``calibration.png`` (precision, recall, F1 and coverage against each threshold) is written
+beside the index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from matplotlib.figure import Figure
+
+from idml_jax.evaluation.inputs import check_finite
+
+
+def threshold_curve(scores: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
+  """Every threshold t (the distinct ``scores``, descending) of the rule "declare when
+  score >= t": ``threshold``, ``precision``, ``recall``, ``f1``, ``coverage`` [T] each."""
+  scores = np.asarray(scores, np.float64)
+  correct = np.asarray(correct, bool)
+  check_finite(scores, "The calibration scores")
+  if scores.shape != correct.shape or scores.ndim != 1 or len(scores) == 0:
+    raise ValueError(f"scores and correct must be [N] alike, N >= 1; got {scores.shape}, "
+                     f"{correct.shape}.")
+  order = np.argsort(-scores, kind="stable")
+  s, c = scores[order], correct[order]
+  last = np.concatenate([np.flatnonzero(s[1:] != s[:-1]), [len(s) - 1]])  # Group ends.
+  declared = last + 1.0
+  hits = np.cumsum(c)[last].astype(np.float64)
+  total = max(c.sum(), 1)
+  precision = hits / declared
+  recall = hits / total
+  with np.errstate(invalid="ignore", divide="ignore"):
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+  return {"threshold": s[last], "precision": precision, "recall": recall, "f1": f1,
+          "coverage": declared / len(s)}
+
+
+def choose_threshold(curve: dict[str, np.ndarray], target_precision: float | None = None,
+                     what: str = "similarity") -> int:
+  """Index into ``curve`` of the chosen threshold (module doc)."""
+  if target_precision is None:
+    return int(np.argmax(curve["f1"]))
+  ok = np.flatnonzero(curve["precision"] >= target_precision)
+  if not len(ok):
+    best = int(np.argmax(curve["precision"]))
+    raise ValueError(f"No {what} threshold reaches precision {target_precision} on the "
+                     f"held-out split (best {curve['precision'][best]:.3f} at "
+                     f"{curve['threshold'][best]:.4f}): lower the target precision.")
+  return int(ok[np.argmax(curve["coverage"][ok])])
+
+
+@dataclasses.dataclass
+class Thresholds:
+  """Calibrated decision thresholds and what they achieved on the held-out split."""
+
+  similarity: float
+  uncertainty: float | None = None  # None: never abstain.
+  target_precision: float | None = None  # None: maximal F1.
+  heldout: dict = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> Thresholds:
+    return cls(**d)
+
+
+def calibrate(top1_similarity: np.ndarray, top1_correct: np.ndarray,
+              uncertainty_norm: np.ndarray | None = None, *,
+              target_precision: float | None = None) -> tuple[Thresholds, dict]:
+  """Thresholds for both rules (uncertainty only where given and not constant), and the
+  curves ``{"similarity": ..., "uncertainty": ...}`` they were chosen from.
+
+  A target the similarity rule cannot reach is refused (ValueError); one the uncertainty
+  rule cannot reach turns abstention off (``uncertainty=None``) with the reason in
+  ``heldout["uncertainty_note"]``.
+  """
+  curves = {"similarity": threshold_curve(top1_similarity, top1_correct)}
+  i = choose_threshold(curves["similarity"], target_precision, "similarity")
+  heldout = {f"similarity_{k}": float(v[i]) for k, v in curves["similarity"].items()
+             if k != "threshold"}
+  t_u = None
+  if uncertainty_norm is not None and np.ptp(np.asarray(uncertainty_norm)) > 0:
+    curve = threshold_curve(-np.asarray(uncertainty_norm, np.float64), top1_correct)
+    curve["threshold"] = -curve["threshold"]  # "answer when ||u|| <= t_u"
+    curves["uncertainty"] = curve
+    try:
+      j = choose_threshold(curve, target_precision, "uncertainty")
+    except ValueError as e:  # Abstention is optional: off, and said so.
+      heldout["uncertainty_note"] = f"{e} Abstention is off."
+    else:
+      t_u = float(curve["threshold"][j])
+      heldout.update({f"uncertainty_{k}": float(v[j]) for k, v in curve.items()
+                      if k != "threshold"})
+  return Thresholds(float(curves["similarity"]["threshold"][i]), t_u, target_precision,
+                    heldout), curves
+
+
+def decide(similarity: np.ndarray, uncertainty_norm: np.ndarray | None,
+           thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+  """Top-1 similarities [Q] (and uncertainties [Q]) -> decisions and reasons [Q] (str)."""
+  s = np.asarray(similarity, np.float64)
+  t, t_u = thresholds.similarity, thresholds.uncertainty
+  decision = np.where(s >= t, "match", "no_match").astype(object)
+  reason = np.array([f"similarity {v:.4f} {'>=' if v >= t else '<'} {t:.4f}" for v in s],
+                    dtype=object)
+  if t_u is not None and uncertainty_norm is not None:
+    u = np.asarray(uncertainty_norm, np.float64)
+    out = u > t_u
+    decision[out] = "abstain"
+    reason[out] = [f"uncertainty {v:.4f} > {t_u:.4f}" for v in u[out]]
+  return decision.astype(str), reason.astype(str)
+
+
+def calibration_figure(curves: dict, thresholds: Thresholds) -> Figure:
+  """Precision, recall, F1 and coverage against each rule's threshold."""
+  fig = Figure(figsize=(5 * len(curves), 3.8))
+  axes = np.atleast_1d(fig.subplots(1, len(curves)))
+  chosen = {"similarity": thresholds.similarity, "uncertainty": thresholds.uncertainty}
+  for ax, (name, c) in zip(axes, curves.items(), strict=True):
+    for key in ("precision", "recall", "f1", "coverage"):
+      ax.plot(c["threshold"], c[key], label=key)
+    if chosen[name] is not None:
+      ax.axvline(chosen[name], color="black", linestyle="--", label="chosen")
+    rule = "match if s >= t" if name == "similarity" else "answer if ||u|| <= t"
+    ax.set(title=f"{name}: {rule}", xlabel="threshold t")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def main(argv):
+  del argv
+  from idml_jax.index import GalleryIndex
+  try:
+    index = GalleryIndex.load(_INDEX.value)
+    if index.labels is None:
+      sys.exit("calibrate: the gallery has no labels: embed a folder of class sub-folders "
+               "(idml_jax.embed stores each image's folder as its label).")
+    if _QUERIES.value:
+      held = np.load(_QUERIES.value)
+      if "labels" not in held:
+        sys.exit(f"calibrate: {_QUERIES.value} has no labels: embed a folder of class "
+                 "sub-folders (idml_jax.embed stores each image's folder as its label).")
+      unc = held["uncertainty_norm"] if "uncertainty_norm" in held else None
+      matches = index.query(held["semantic"], 1, unc)
+      labels = held["labels"].astype(str)
+    else:  # Leave-one-out on the gallery.
+      matches = index.query(index.embeddings, 1, index.uncertainty_norm, exclude_self=True)
+      labels, unc = index.labels, index.uncertainty_norm
+    correct = matches.labels[:, 0] == labels
+    thresholds, curves = calibrate(matches.scores[:, 0], correct, unc,
+                                   target_precision=_TARGET.value)
+  except (ValueError, OSError) as e:
+    sys.exit(f"calibrate: {e}")
+  index.thresholds = thresholds
+  index.save(_INDEX.value)
+  figure = os.path.join(_INDEX.value, "calibration.png")
+  calibration_figure(curves, thresholds).savefig(figure, dpi=100)
+  held = thresholds.heldout
+  print(f"similarity threshold {thresholds.similarity:.4f} (held-out precision "
+        f"{held['similarity_precision']:.3f}, recall {held['similarity_recall']:.3f})"
+        + (f"; {held['uncertainty_note']}" if "uncertainty_note" in held else "")
+        + ("" if thresholds.uncertainty is None else
+           f"; uncertainty threshold {thresholds.uncertainty:.4f} (answers "
+           f"{held['uncertainty_coverage']:.1%} at precision "
+           f"{held['uncertainty_precision']:.3f})") + f". Stored in {_INDEX.value}; {figure}")
+
+
+if __name__ == "__main__":
+  # Defined here, not at import: idml_jax.index imports this module beside other CLIs.
+  _INDEX = flags.DEFINE_string("index", None, "Saved index (python -m idml_jax.search "
+                               "--save_index=DIR).")
+  _QUERIES = flags.DEFINE_string("queries", None, "Labelled held-out .npz (idml_jax.embed of "
+                                 "class sub-folders); default: the gallery, leave-one-out.")
+  _TARGET = flags.DEFINE_float("target_precision", None, "Precision to reach (default: the "
+                               "threshold of maximal F1).")
+  flags.mark_flags_as_required(["index"])
+  app.run(main)

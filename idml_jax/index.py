@@ -1,0 +1,308 @@
+"""A persistent gallery index: nearest neighbours, calibrated decisions, ISM re-ranking.
+
+    index = GalleryIndex(gallery["semantic"], gallery["names"], gallery["labels"],
+                         gallery["uncertainty_norm"])
+    index.save("runs/demo/index")                       # ScaNN's files + our metadata
+    index = GalleryIndex.load("runs/demo/index")        # no re-embedding, no rebuild
+    matches = index.query(queries["semantic"], k=5, uncertainty_norm=queries["uncertainty_norm"])
+
+Search is cosine similarity over the L2-normalised gallery: ScaNN (exact brute force, or
+``approximate``: partitioning + anisotropic quantisation + exact re-ordering) on CPU hosts,
+the exact JAX search tiled over queries × gallery on accelerators (``idml_jax.platform``).
+``query`` adds, per query, its uncertainty and — once :mod:`idml_jax.calibrate` has
+stored thresholds — a match / no_match / abstain decision with its reason. ``rerank=True``
+re-scores the top-k cosine neighbours with the pairwise introspective similarity (both
+sides' uncertainties; ``similarity.introspective_similarity``) and re-orders them.
+
+A saved index is a folder: ``index.json`` (format, sizes, ISM parameters, the checkpoint it
+came from, thresholds, the CRC32 of the arrays), ``arrays.npz`` (normalised embeddings,
+their norms, names, labels, uncertainties) and ``scann/`` (ScaNN's own serialisation, with
+paths relative to the folder so it can be moved). It is written beside the target and
+swapped in, so an interrupted save leaves the previous index whole; a damaged one is
+refused on loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from idml_jax import platform, similarity
+from idml_jax.calibrate import Thresholds, decide
+from idml_jax.evaluation.inputs import check_finite
+from idml_jax.evaluation.knn import jax_search, scann_searcher
+from idml_jax.ops import l2_normalize_np
+
+FORMAT = 1
+SEARCH_BACKENDS = ("scann", "jax")
+
+
+class IndexFileError(ValueError):
+  """A saved index is missing, damaged or of another format."""
+
+
+@dataclasses.dataclass
+class Matches:
+  """Per query [Q] (neighbours [Q, k], best first): gallery ``indices``, ``scores``
+  (cosine, or the ISM after re-ranking), ``names``, ``labels`` (None without), the query's
+  ``uncertainty`` (None without), ``decision`` and ``reason`` (empty strings before
+  calibration)."""
+
+  indices: np.ndarray
+  scores: np.ndarray
+  names: np.ndarray
+  labels: np.ndarray | None
+  uncertainty: np.ndarray | None
+  decision: np.ndarray
+  reason: np.ndarray
+
+  def records(self, query_names=None) -> list[dict]:
+    """One JSON-ready dict per query."""
+    out = []
+    for q in range(len(self.indices)):
+      rec = {"query": str(query_names[q]) if query_names is not None else q,
+             "neighbours": [{"name": str(n), "score": round(float(s), 5),
+                             **({"label": str(lab)} if self.labels is not None else {})}
+                            for n, s, lab in zip(self.names[q], self.scores[q],
+                                                 self.labels[q] if self.labels is not None
+                                                 else self.names[q], strict=True)]}
+      if self.uncertainty is not None:
+        rec["uncertainty"] = round(float(self.uncertainty[q]), 5)
+      if self.decision[q]:
+        rec["decision"], rec["reason"] = str(self.decision[q]), str(self.reason[q])
+      out.append(rec)
+    return out
+
+
+def _crc(path: str) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
+class GalleryIndex:
+  """Gallery embeddings [N, D] (semantic, as embedded) with their metadata, searchable."""
+
+  def __init__(self, embeddings: np.ndarray, names=None, labels=None, uncertainty_norm=None, *,
+               approximate: bool = False, max_k: int = 100, backend: str | None = None,
+               ism: dict | None = None, source: dict | None = None):
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or len(embeddings) == 0:
+      raise ValueError(f"The gallery must be [N, D] with N >= 1; got shape {embeddings.shape}.")
+    check_finite(embeddings, "The gallery embeddings")
+    n = len(embeddings)
+    self.embeddings = l2_normalize_np(embeddings)
+    self.semantic_norm = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    self.names = np.asarray(names if names is not None else np.arange(n)).astype(str)
+    self.labels = None if labels is None else np.asarray(labels).astype(str)
+    self.uncertainty_norm = (None if uncertainty_norm is None
+                             else np.asarray(uncertainty_norm, np.float64))
+    for what, arr in (("names", self.names), ("labels", self.labels),
+                      ("uncertainty_norm", self.uncertainty_norm)):
+      if arr is not None and len(arr) != n:
+        raise ValueError(f"{what} has {len(arr)} entries for {n} gallery embeddings.")
+    self.approximate, self.max_k_requested = approximate, max_k
+    self.backend = backend or platform.defaults().search_backend
+    if self.backend not in SEARCH_BACKENDS:
+      raise ValueError(f"Unknown search backend {self.backend!r}; valid: {SEARCH_BACKENDS}.")
+    self.ism = {"a": 4.0, "b": 5.0, "semantic_distance": "raw", **(ism or {})}
+    self.source = source or {}
+    self.thresholds: Thresholds | None = None
+    self._searcher = None
+    self._build()
+
+  # ----------------------------------------------------------------------- building
+  @property
+  def dim(self) -> int:
+    return self.embeddings.shape[1]
+
+  @property
+  def max_k(self) -> int:
+    return min(self.max_k_requested, len(self))
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def _build(self) -> None:
+    self._searcher = (scann_searcher(self.embeddings, self.max_k, self.approximate)
+                      if self.backend == "scann" else None)
+
+  def add(self, embeddings: np.ndarray, names=None, labels=None, uncertainty_norm=None) -> None:
+    """Appends gallery items (the same model's embeddings; metadata as the gallery has it)
+    and rebuilds the search structure."""
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+      raise ValueError(f"Added embeddings must be [M, {self.dim}]; got {embeddings.shape}.")
+    check_finite(embeddings, "The added embeddings")
+    m = len(embeddings)
+    for what, have, new in (("labels", self.labels, labels),
+                            ("uncertainty_norm", self.uncertainty_norm, uncertainty_norm)):
+      if (have is None) != (new is None):
+        has = have is not None
+        raise ValueError(f"The gallery {'has' if has else 'has no'} {what}: pass {what} for "
+                         f"the added items {'too' if has else 'neither'}.")
+    self.embeddings = np.concatenate([self.embeddings, l2_normalize_np(embeddings)])
+    self.semantic_norm = np.concatenate([self.semantic_norm,
+                                         np.linalg.norm(embeddings.astype(np.float64), axis=1)])
+    start = len(self.names)
+    self.names = np.concatenate([self.names, np.asarray(
+        names if names is not None else np.arange(start, start + m)).astype(str)])
+    if labels is not None:
+      self.labels = np.concatenate([self.labels, np.asarray(labels).astype(str)])
+    if uncertainty_norm is not None:
+      self.uncertainty_norm = np.concatenate([self.uncertainty_norm,
+                                              np.asarray(uncertainty_norm, np.float64)])
+    self._build()
+
+  # ----------------------------------------------------------------------- searching
+  def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Queries [Q, D] -> (cosine scores [Q, k], gallery indices [Q, k]), best first."""
+    queries = np.asarray(queries, np.float32)
+    if not 0 < k <= self.max_k:
+      raise ValueError(f"k={k} must be in 1..{self.max_k} (the gallery has {len(self)} items; "
+                       "the index was built for that many neighbours).")
+    if queries.ndim != 2 or queries.shape[1] != self.dim:
+      raise ValueError(f"The queries must be [Q, {self.dim}] like the gallery; got shape "
+                       f"{queries.shape}. Were they embedded by the same model?")
+    check_finite(queries, "The query embeddings")
+    q = np.ascontiguousarray(l2_normalize_np(queries))
+    if self._searcher is None:
+      d = platform.defaults()
+      return jax_search(q, self.embeddings, k, block_size=d.search_query_block,
+                        gallery_block=d.search_gallery_block)
+    indices, scores = self._searcher.search_batched_parallel(q, final_num_neighbors=k)
+    return scores, indices.astype(np.int64)
+
+  def rerank(self, queries: np.ndarray, query_uncertainty: np.ndarray, indices: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-scores neighbours [Q, k] with the pairwise ISM (``du = ||u_q||² + ||u_g||²``, dmu
+    from raw or normalised embeddings as the model was trained) and re-orders them (ties
+    keep the cosine order)."""
+    if self.uncertainty_norm is None:
+      raise ValueError("Re-ranking needs the gallery's uncertainties (an IDML model's).")
+    q = np.asarray(queries, np.float64)
+    g_dir, g_norm = self.embeddings[indices], self.semantic_norm[indices]  # [Q, k, D], [Q, k]
+    if self.ism["semantic_distance"] == "normalized":
+      q, g = l2_normalize_np(q), g_dir
+    else:
+      g = g_dir * g_norm[..., None]
+    uq = np.asarray(query_uncertainty, np.float64)[:, None, None]  # ||u|| as a 1-d vector:
+    ug = self.uncertainty_norm[indices][..., None]  # the ISM uses only ||u||².
+    ism = jax.vmap(lambda qa, ua, gb, ub: similarity.introspective_similarity(
+        qa[None], ua, gb, ub, a=self.ism["a"], b=self.ism["b"])[0])
+    s = np.asarray(ism(jnp.asarray(q, jnp.float32), jnp.asarray(uq, jnp.float32),
+                       jnp.asarray(g, jnp.float32), jnp.asarray(ug, jnp.float32)))
+    order = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(s, order, 1), np.take_along_axis(indices, order, 1)
+
+  def query(self, queries: np.ndarray, k: int = 5, uncertainty_norm: np.ndarray | None = None,
+            *, rerank: bool = False, exclude_self: bool = False) -> Matches:
+    """Neighbours, scores, the queries' uncertainty and (calibrated) decisions.
+
+    ``exclude_self``: the queries are the gallery itself, each one's own entry left out.
+    """
+    scores, indices = self.search(queries, min(k + int(exclude_self), self.max_k))
+    if exclude_self:
+      from idml_jax.evaluation.knn import drop_self
+      scores, indices = drop_self(scores, indices, k)
+    top1 = scores[:, 0].copy()  # Decisions use the cosine top-1, as calibrated.
+    if rerank:
+      if uncertainty_norm is None:
+        raise ValueError("rerank=True needs the queries' uncertainty_norm.")
+      scores, indices = self.rerank(queries, uncertainty_norm, indices)
+    decision = np.full(len(scores), "", dtype=object)
+    reason = np.full(len(scores), "", dtype=object)
+    if self.thresholds is not None:
+      decision, reason = decide(top1, uncertainty_norm, self.thresholds)
+    return Matches(indices, scores, self.names[indices],
+                   None if self.labels is None else self.labels[indices],
+                   None if uncertainty_norm is None else np.asarray(uncertainty_norm),
+                   np.asarray(decision, str), np.asarray(reason, str))
+
+  # ----------------------------------------------------------------------- persistence
+  def save(self, directory: str) -> None:
+    """Writes the index to ``directory`` (replacing it; written beside it, then swapped)."""
+    directory = os.path.abspath(directory)
+    tmp, old = directory + ".saving", directory + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    arrays = {"embeddings": self.embeddings, "semantic_norm": self.semantic_norm,
+              "names": self.names}
+    if self.labels is not None:
+      arrays["labels"] = self.labels
+    if self.uncertainty_norm is not None:
+      arrays["uncertainty_norm"] = self.uncertainty_norm
+    np.savez(os.path.join(tmp, "arrays.npz"), **arrays)
+    if self._searcher is not None:
+      scann_dir = os.path.join(tmp, "scann")
+      os.makedirs(scann_dir)
+      self._searcher.serialize(scann_dir)
+      assets = os.path.join(scann_dir, "scann_assets.pbtxt")
+      with open(assets) as f:  # ScaNN records absolute paths; relative ones move with us.
+        text = re.sub(r'asset_path: "([^"]*/)?([^"/]+)"', r'asset_path: "\2"', f.read())
+      with open(assets, "w") as f:
+        f.write(text)
+    meta = {"format": FORMAT, "size": len(self), "dim": self.dim,
+            "approximate": self.approximate, "max_k": self.max_k_requested,
+            "backend": self.backend, "ism": self.ism, "source": self.source,
+            "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
+            "arrays_crc32": _crc(os.path.join(tmp, "arrays.npz"))}
+    with open(os.path.join(tmp, "index.json"), "w") as f:
+      json.dump(meta, f, indent=1)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(directory):
+      os.rename(directory, old)
+    os.rename(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+  @classmethod
+  def load(cls, directory: str, backend: str | None = None) -> GalleryIndex:
+    """An index saved by :meth:`save` (``backend``: override the saved one)."""
+    meta_path = os.path.join(directory, "index.json")
+    arrays_path = os.path.join(directory, "arrays.npz")
+    if not os.path.exists(meta_path):
+      raise IndexFileError(f"{directory!r} holds no index (no index.json): build one with "
+                           "`python -m idml_jax.search --gallery=G.npz --save_index=DIR`.")
+    try:
+      with open(meta_path) as f:
+        meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise IndexFileError(f"{meta_path} is damaged ({e}): rebuild the index.") from None
+    if meta.get("format") != FORMAT:
+      raise IndexFileError(f"{directory} has index format {meta.get('format')}; this version "
+                           f"reads {FORMAT}: rebuild the index.")
+    if not os.path.exists(arrays_path) or _crc(arrays_path) != meta["arrays_crc32"]:
+      raise IndexFileError(f"{arrays_path} is missing or damaged (checksum mismatch): rebuild "
+                           "the index.")
+    with np.load(arrays_path) as a:
+      arrays = {k: a[k] for k in a.files}
+    self = cls.__new__(cls)
+    self.embeddings, self.semantic_norm = arrays["embeddings"], arrays["semantic_norm"]
+    self.names = arrays["names"]
+    self.labels = arrays.get("labels")
+    self.uncertainty_norm = arrays.get("uncertainty_norm")
+    self.approximate, self.max_k_requested = meta["approximate"], meta["max_k"]
+    self.backend = backend or meta["backend"]
+    self.ism, self.source = meta["ism"], meta["source"]
+    self.thresholds = (None if meta["thresholds"] is None
+                       else Thresholds.from_dict(meta["thresholds"]))
+    scann_dir = os.path.join(directory, "scann")
+    if self.backend == "scann" and os.path.isdir(scann_dir):
+      import scann
+      self._searcher = scann.scann_ops_pybind.load_searcher(scann_dir)
+      if self._searcher.size() != len(self.names):
+        raise IndexFileError(f"{scann_dir} holds {self._searcher.size()} items, the index "
+                             f"{len(self.names)}: rebuild the index.")
+    else:
+      self._build()
+    return self

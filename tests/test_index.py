@@ -1,0 +1,226 @@
+"""Calibrated matching with abstention, the persistent index and ISM re-ranking (issue 16)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from idml_jax import calibrate
+from idml_jax.evaluation.knn import jax_search
+from idml_jax.index import GalleryIndex, IndexFileError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _naive_curve(scores, correct):
+  """Every distinct threshold, descending, by direct counting."""
+  rows = []
+  for t in sorted(set(scores.tolist()), reverse=True):
+    kept = scores >= t
+    hits = np.sum(correct & kept)
+    p = hits / kept.sum()
+    r = hits / max(correct.sum(), 1)
+    rows.append((t, p, r, 2 * p * r / (p + r) if p + r else 0.0, kept.mean()))
+  return np.array(rows)
+
+
+def test_threshold_curve_equals_direct_counting_with_ties():
+  rng = np.random.default_rng(0)
+  scores = np.round(rng.random(300), 1)  # 11 distinct values: many ties.
+  correct = rng.random(300) < scores
+  curve = calibrate.threshold_curve(scores, correct)
+  want = _naive_curve(scores, correct)
+  got = np.stack([curve[k] for k in ("threshold", "precision", "recall", "f1", "coverage")], 1)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_calibration_finds_a_known_threshold():
+  rng = np.random.default_rng(1)
+  s = rng.random(2000)
+  correct = s >= 0.6  # The answer: the smallest score >= 0.6.
+  for target in (1.0, None):  # Precision 1 and maximal F1 (=1) both land there.
+    th, _ = calibrate.calibrate(s, correct, target_precision=target)
+    assert th.similarity == s[s >= 0.6].min()
+    assert th.heldout["similarity_precision"] == 1.0 and th.heldout["similarity_recall"] == 1.0
+  # P(correct | s) = s, s ~ U(0, 1): precision of {s >= t} is (1 + t) / 2, so t = 2p - 1.
+  s = rng.random(200_000)
+  correct = rng.random(len(s)) < s
+  th, _ = calibrate.calibrate(s, correct, target_precision=0.9)
+  assert abs(th.similarity - 0.8) < 0.01
+  assert th.heldout["similarity_precision"] >= 0.9
+
+
+def test_uncertainty_threshold_and_unreachable_targets():
+  rng = np.random.default_rng(2)
+  u = rng.random(500)
+  correct = u <= 0.3  # Right exactly when certain.
+  s = rng.random(500)  # Similarity carries no information here.
+  th, curves = calibrate.calibrate(s, correct, u)  # Maximal F1 (= 1) on both sides.
+  assert th.uncertainty == u[u <= 0.3].max()
+  assert th.heldout["uncertainty_coverage"] == pytest.approx(np.mean(u <= 0.3))
+  assert th.heldout["uncertainty_precision"] == 1.0
+  assert set(curves) == {"similarity", "uncertainty"}
+  s_good = np.where(correct, 0.5 + 0.5 * s, 0.5 * s)  # Similarity reaches precision 1 ...
+  u_bad = np.where(correct, 0.5 + 0.5 * u, 0.5 * u)  # ... the most certain are all wrong:
+  th, _ = calibrate.calibrate(s_good, correct, u_bad, target_precision=1.0)
+  assert th.similarity == s_good[correct].min()
+  assert th.uncertainty is None and "Abstention is off" in th.heldout["uncertainty_note"]
+  with pytest.raises(ValueError, match=r"No similarity threshold reaches precision 0\.99 .*"
+                     r"best .*lower the target precision"):
+    calibrate.calibrate(s, rng.random(500) < 0.2, target_precision=0.99)
+  th, curves = calibrate.calibrate(s, correct, np.full(500, 0.5))  # Constant: no rule.
+  assert th.uncertainty is None and set(curves) == {"similarity"}
+
+
+def test_decide_gives_each_decision_its_reason():
+  th = calibrate.Thresholds(similarity=0.5, uncertainty=0.8)
+  decision, reason = calibrate.decide(np.array([0.7, 0.3, 0.9, 0.5]),
+                                      np.array([0.1, 0.1, 0.95, 0.8]), th)
+  assert decision.tolist() == ["match", "no_match", "abstain", "match"]
+  assert reason[0] == "similarity 0.7000 >= 0.5000"
+  assert reason[1] == "similarity 0.3000 < 0.5000"
+  assert reason[2] == "uncertainty 0.9500 > 0.8000"
+  d, _ = calibrate.decide(np.array([0.7]), None, th)  # Baseline queries: never abstain.
+  assert d.tolist() == ["match"]
+
+
+def _gallery(n=300, d=16, seed=0):
+  rng = np.random.default_rng(seed)
+  centers = rng.standard_normal((12, d))
+  labels = rng.integers(0, 12, n)
+  emb = (3 * centers[labels] + rng.standard_normal((n, d))).astype(np.float32)
+  return emb, labels.astype(str), rng.random(n), np.array([f"img{i}.jpg" for i in range(n)])
+
+
+def test_index_round_trip_keeps_neighbours_and_decisions(tmp_path):
+  emb, labels, unc, names = _gallery()
+  index = GalleryIndex(emb[:250], names[:250], labels[:250], unc[:250], max_k=20,
+                       backend="scann", source={"checkpoint": "ckpt/7"})
+  index.thresholds = calibrate.Thresholds(similarity=0.95, uncertainty=0.7)
+  before = index.query(emb[250:], 5, unc[250:])
+  assert set(before.decision) == {"match", "no_match", "abstain"}
+  index.save(str(tmp_path / "idx"))
+  os.rename(tmp_path / "idx", tmp_path / "moved")  # ScaNN's asset paths move with it.
+  for backend in (None, "jax"):
+    loaded = GalleryIndex.load(str(tmp_path / "moved"), backend=backend)
+    after = loaded.query(emb[250:], 5, unc[250:])
+    np.testing.assert_array_equal(after.indices, before.indices)
+    np.testing.assert_allclose(after.scores, before.scores, atol=1e-5)
+    np.testing.assert_array_equal(after.decision, before.decision)
+    np.testing.assert_array_equal(after.reason, before.reason)
+    assert loaded.source == {"checkpoint": "ckpt/7"} and len(loaded) == 250
+  # add: the added items are found, with their metadata.
+  loaded.add(emb[250:], names[250:], labels[250:], unc[250:])
+  m = loaded.query(emb[250:], 1, unc[250:])
+  np.testing.assert_array_equal(m.indices[:, 0], np.arange(250, 300))
+  assert m.names[:, 0].tolist() == names[250:].tolist()
+  with pytest.raises(ValueError, match="has labels: pass labels for the added items too"):
+    loaded.add(emb[:2], names[:2])
+
+
+def test_damaged_or_missing_indexes_are_refused(tmp_path):
+  emb, labels, unc, names = _gallery(60)
+  GalleryIndex(emb, names, labels, unc, max_k=10, backend="scann").save(str(tmp_path / "i"))
+  with pytest.raises(IndexFileError, match="holds no index"):
+    GalleryIndex.load(str(tmp_path / "nothing"))
+  path = tmp_path / "i" / "arrays.npz"
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+  with pytest.raises(IndexFileError, match="missing or damaged .*rebuild the index"):
+    GalleryIndex.load(str(tmp_path / "i"))
+  (tmp_path / "i" / "index.json").write_text("{\"format\": 1, ")  # A truncated write.
+  with pytest.raises(IndexFileError, match="is damaged"):
+    GalleryIndex.load(str(tmp_path / "i"))
+
+
+def test_search_backends_and_tiles_agree_with_brute_force():
+  emb, *_ = _gallery(500, 24, seed=3)
+  queries = emb[:37] + 0.1
+  g = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+  q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+  want = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :7]
+  for block, gallery_block in ((1024, None), (8, 64), (16, 123)):  # 123 does not divide 500.
+    s, i = jax_search(q, g, 7, block_size=block, gallery_block=gallery_block)
+    np.testing.assert_array_equal(i, want)
+    np.testing.assert_allclose(s, np.take_along_axis(q @ g.T, want, 1), atol=1e-5)
+  results = [GalleryIndex(emb, max_k=10, backend=b).search(queries, 7) for b in ("scann", "jax")]
+  np.testing.assert_array_equal(results[0][1], results[1][1])
+  np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
+
+
+def _naive_ism(q, uq, g, ug, a=4.0, b=5.0):
+  s = q @ g / np.linalg.norm(q) / np.linalg.norm(g)
+  d_mu = np.sum((q - g) ** 2)
+  return 1 - (1 - s) * np.exp(-(uq**2 + ug**2 + a) / (b * (d_mu + 1e-6)))
+
+
+@pytest.mark.parametrize("semantic_distance", ["raw", "normalized"])
+def test_rerank_scores_each_pair_with_the_ism(semantic_distance):
+  emb, labels, unc, names = _gallery(80, 8, seed=4)
+  index = GalleryIndex(emb, names, labels, 3 * unc, max_k=10, backend="jax",
+                       ism={"semantic_distance": semantic_distance})
+  queries, q_unc = emb[:5] * 1.5, np.linspace(0.1, 4.0, 5)
+  m = index.query(queries, 6, q_unc, rerank=True)
+  for qi in range(5):
+    qv = queries[qi] / np.linalg.norm(queries[qi]) if semantic_distance == "normalized" \
+        else queries[qi]
+    for j, gi in enumerate(m.indices[qi]):
+      gv = emb[gi] / np.linalg.norm(emb[gi]) if semantic_distance == "normalized" else emb[gi]
+      assert m.scores[qi, j] == pytest.approx(_naive_ism(qv, q_unc[qi], gv, 3 * unc[gi]),
+                                              abs=2e-6)
+    assert np.all(np.diff(m.scores[qi]) <= 0)  # Re-ordered, best first.
+  # Constant uncertainty with unit-norm dmu: the ISM is increasing in the cosine, so the
+  # re-ranked order is the cosine order.
+  flat = GalleryIndex(emb, names, labels, np.ones(80), max_k=10, backend="jax",
+                      ism={"semantic_distance": "normalized"})
+  np.testing.assert_array_equal(flat.query(queries, 6, np.ones(5), rerank=True).indices,
+                                flat.query(queries, 6).indices)
+  with pytest.raises(ValueError, match="needs the queries' uncertainty_norm"):
+    index.query(queries, 3, rerank=True)
+
+
+def _cli(module, *args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=ROOT,
+                        capture_output=True, text=True)
+
+
+def test_save_calibrate_and_search_commands_abstain_and_say_why(tmp_path):
+  emb, labels, unc, names = _gallery(200, 16, seed=5)
+  rng = np.random.default_rng(5)
+  hard = rng.random(200) < 0.3  # Noisy images, with a high uncertainty.
+  emb[hard] += 10 * rng.standard_normal((hard.sum(), 16)).astype(np.float32)
+  unc = np.where(hard, 0.8 + 0.2 * unc, 0.3 * unc).astype(np.float32)
+  np.savez(tmp_path / "g.npz", semantic=emb[:150], names=names[:150], labels=labels[:150],
+           uncertainty_norm=unc[:150])
+  np.savez(tmp_path / "q.npz", semantic=emb[150:], names=names[150:], labels=labels[150:],
+           uncertainty_norm=unc[150:])
+  index = str(tmp_path / "index")
+  out = _cli("idml_jax.search", f"--gallery={tmp_path / 'g.npz'}", f"--save_index={index}")
+  assert out.returncode == 0 and "Saved an index of 150 items" in out.stdout, out.stderr
+  out = _cli("idml_jax.calibrate", f"--index={index}", "--target_precision=0.95")
+  assert out.returncode == 0, out.stderr
+  assert "uncertainty threshold" in out.stdout and os.path.exists(f"{index}/calibration.png")
+  meta = json.load(open(f"{index}/index.json"))
+  t_u = meta["thresholds"]["uncertainty"]
+  loo = GalleryIndex(emb[:150], names[:150], labels[:150], unc[:150], backend="jax").query(
+      emb[:150], 1, unc[:150], exclude_self=True)  # The CLI's default: leave-one-out.
+  want, _ = calibrate.calibrate(loo.scores[:, 0], loo.labels[:, 0] == labels[:150],
+                                unc[:150], target_precision=0.95)
+  assert t_u == pytest.approx(want.uncertainty) and 0.3 <= t_u < 1.0
+  assert meta["thresholds"]["similarity"] == pytest.approx(want.similarity)
+  out = _cli("idml_jax.search", f"--index={index}", f"--queries={tmp_path / 'q.npz'}", "--k=3",
+             f"--out={tmp_path / 'r.json'}")
+  assert out.returncode == 0, out.stderr
+  records = json.load(open(tmp_path / "r.json"))
+  abstained = [r for r in records if r["decision"] == "abstain"]
+  assert {r["query"] for r in abstained} == set(names[150:][unc[150:] > t_u])
+  assert all(r["reason"].startswith("uncertainty ") for r in abstained)
+  assert "decisions: match" in out.stdout and "abstain" in out.stdout
+  out = _cli("idml_jax.calibrate", f"--index={index}", "--target_precision=1.01")
+  assert out.returncode != 0 and "lower the target precision" in out.stderr
+  assert "Traceback" not in out.stderr
