@@ -47,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from synthetic import SIZES, clustered_embeddings  # noqa: E402
+from synthetic import SIZES, clustered_embeddings, timed  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
 from idml_jax import evaluation, iaa  # noqa: E402
@@ -75,14 +75,7 @@ def _peak_memory() -> int | None:
 
 def _timed(fn, repeats: int) -> dict:
   """First call (compile + run) and the median of ``repeats`` steady calls, seconds."""
-  t = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
+  _, first, times = timed(fn, repeats)
   steady = statistics.median(times)
   return {"first_call_s": first, "compile_s": max(first - steady, 0.0), "steady_s": steady,
           "repeats": repeats}

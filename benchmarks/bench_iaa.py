@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import SIZES, clustered_embeddings  # noqa: E402
+from synthetic import SIZES, clustered_embeddings, timed  # noqa: E402
 
 from idml_jax import iaa  # noqa: E402
 
@@ -60,18 +60,6 @@ def numpy_update(z: np.ndarray, y: np.ndarray, num_classes: int, k: int = 25,
     alpha = 1 / (1 + math.log(1 + beta * (max(b[c], 1) - 1))) if b[c] < tau else 0.0
     out[c] = (1 - alpha) * cov[c] + alpha * ((1 - gamma) * nb + gamma * g)
   return out
-
-
-def timed(fn, repeats: int):
-  t = time.perf_counter()
-  out = jax.block_until_ready(fn())
-  first = time.perf_counter() - t
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return out, first, times
 
 
 def main():

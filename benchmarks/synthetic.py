@@ -48,3 +48,20 @@ def median_step_seconds(step, state, num_steps: int) -> float:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   return statistics.median(times)
+
+
+def timed(fn, repeats: int):
+  """``(first output, first-call seconds (compile + run), [seconds of each later call])``."""
+  import time
+
+  import jax
+
+  t = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  first = time.perf_counter() - t
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return out, first, times

@@ -14,8 +14,8 @@ For each: precision = correct / declared, recall = correct declared / all correc
 coverage = declared / all. The chosen threshold is the loosest one whose precision reaches
 ``target_precision`` (the most queries answered at that precision), or the one with the
 highest F1 without a target. A target no threshold reaches is refused, naming the best
-precision there is. The thresholds are stored with the index (``GalleryIndex.thresholds``)
-and :func:`decide` turns them into a per-query decision with its reason:
+precision there is. The thresholds are stored with the index (``GalleryIndex.thresholds``),
+whose queries turn them into a per-query decision with its reason (``idml_jax.index.decide``):
 
     abstain    ||u|| > t_u                 "uncertainty 0.93 > 0.80"
     match      s >= t                      "similarity 0.71 >= 0.65"
@@ -27,7 +27,6 @@ beside the index.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -36,6 +35,7 @@ from absl import app, flags
 from matplotlib.figure import Figure
 
 from idml_jax.evaluation.inputs import check_finite
+from idml_jax.index import GalleryIndex, Thresholds
 
 
 def threshold_curve(scores: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
@@ -75,23 +75,6 @@ def choose_threshold(curve: dict[str, np.ndarray], target_precision: float | Non
   return int(ok[np.argmax(curve["coverage"][ok])])
 
 
-@dataclasses.dataclass
-class Thresholds:
-  """Calibrated decision thresholds and what they achieved on the held-out split."""
-
-  similarity: float
-  uncertainty: float | None = None  # None: never abstain.
-  target_precision: float | None = None  # None: maximal F1.
-  heldout: dict = dataclasses.field(default_factory=dict)
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> Thresholds:
-    return cls(**d)
-
-
 def calibrate(top1_similarity: np.ndarray, top1_correct: np.ndarray,
               uncertainty_norm: np.ndarray | None = None, *,
               target_precision: float | None = None) -> tuple[Thresholds, dict]:
@@ -123,22 +106,6 @@ def calibrate(top1_similarity: np.ndarray, top1_correct: np.ndarray,
                     heldout), curves
 
 
-def decide(similarity: np.ndarray, uncertainty_norm: np.ndarray | None,
-           thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-  """Top-1 similarities [Q] (and uncertainties [Q]) -> decisions and reasons [Q] (str)."""
-  s = np.asarray(similarity, np.float64)
-  t, t_u = thresholds.similarity, thresholds.uncertainty
-  decision = np.where(s >= t, "match", "no_match").astype(object)
-  reason = np.array([f"similarity {v:.4f} {'>=' if v >= t else '<'} {t:.4f}" for v in s],
-                    dtype=object)
-  if t_u is not None and uncertainty_norm is not None:
-    u = np.asarray(uncertainty_norm, np.float64)
-    out = u > t_u
-    decision[out] = "abstain"
-    reason[out] = [f"uncertainty {v:.4f} > {t_u:.4f}" for v in u[out]]
-  return decision.astype(str), reason.astype(str)
-
-
 def calibration_figure(curves: dict, thresholds: Thresholds) -> Figure:
   """Precision, recall, F1 and coverage against each rule's threshold."""
   fig = Figure(figsize=(5 * len(curves), 3.8))
@@ -159,7 +126,6 @@ def calibration_figure(curves: dict, thresholds: Thresholds) -> Figure:
 
 def main(argv):
   del argv
-  from idml_jax.index import GalleryIndex
   try:
     index = GalleryIndex.load(_INDEX.value)
     if index.labels is None:
@@ -196,7 +162,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Defined here, not at import: idml_jax.index imports this module beside other CLIs.
+  # Defined here, not at import: the tests import this module beside other CLIs.
   _INDEX = flags.DEFINE_string("index", None, "Saved index (python -m idml_jax.search "
                                "--save_index=DIR).")
   _QUERIES = flags.DEFINE_string("queries", None, "Labelled held-out .npz (idml_jax.embed of "

@@ -36,13 +36,45 @@ import jax.numpy as jnp
 import numpy as np
 
 from idml_jax import platform, similarity
-from idml_jax.calibrate import Thresholds, decide
 from idml_jax.evaluation.inputs import check_finite
 from idml_jax.evaluation.knn import jax_search, scann_searcher
 from idml_jax.ops import l2_normalize_np
 
 FORMAT = 1
 SEARCH_BACKENDS = ("scann", "jax")
+
+
+@dataclasses.dataclass
+class Thresholds:
+  """Calibrated decision thresholds and what they achieved on the held-out split."""
+
+  similarity: float
+  uncertainty: float | None = None  # None: never abstain.
+  target_precision: float | None = None  # None: maximal F1.
+  heldout: dict = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> Thresholds:
+    return cls(**d)
+
+
+def decide(similarity: np.ndarray, uncertainty_norm: np.ndarray | None,
+           thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+  """Top-1 similarities [Q] (and uncertainties [Q]) -> decisions and reasons [Q] (str)."""
+  s = np.asarray(similarity, np.float64)
+  t, t_u = thresholds.similarity, thresholds.uncertainty
+  decision = np.where(s >= t, "match", "no_match").astype(object)
+  reason = np.array([f"similarity {v:.4f} {'>=' if v >= t else '<'} {t:.4f}" for v in s],
+                    dtype=object)
+  if t_u is not None and uncertainty_norm is not None:
+    u = np.asarray(uncertainty_norm, np.float64)
+    out = u > t_u
+    decision[out] = "abstain"
+    reason[out] = [f"uncertainty {v:.4f} > {t_u:.4f}" for v in u[out]]
+  return decision.astype(str), reason.astype(str)
 
 
 class IndexFileError(ValueError):

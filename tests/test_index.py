@@ -10,7 +10,7 @@ import pytest
 
 from idml_jax import calibrate
 from idml_jax.evaluation.knn import jax_search
-from idml_jax.index import GalleryIndex, IndexFileError
+from idml_jax.index import GalleryIndex, IndexFileError, Thresholds, decide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,14 +76,14 @@ def test_uncertainty_threshold_and_unreachable_targets():
 
 
 def test_decide_gives_each_decision_its_reason():
-  th = calibrate.Thresholds(similarity=0.5, uncertainty=0.8)
-  decision, reason = calibrate.decide(np.array([0.7, 0.3, 0.9, 0.5]),
+  th = Thresholds(similarity=0.5, uncertainty=0.8)
+  decision, reason = decide(np.array([0.7, 0.3, 0.9, 0.5]),
                                       np.array([0.1, 0.1, 0.95, 0.8]), th)
   assert decision.tolist() == ["match", "no_match", "abstain", "match"]
   assert reason[0] == "similarity 0.7000 >= 0.5000"
   assert reason[1] == "similarity 0.3000 < 0.5000"
   assert reason[2] == "uncertainty 0.9500 > 0.8000"
-  d, _ = calibrate.decide(np.array([0.7]), None, th)  # Baseline queries: never abstain.
+  d, _ = decide(np.array([0.7]), None, th)  # Baseline queries: never abstain.
   assert d.tolist() == ["match"]
 
 
@@ -99,7 +99,7 @@ def test_index_round_trip_keeps_neighbours_and_decisions(tmp_path):
   emb, labels, unc, names = _gallery()
   index = GalleryIndex(emb[:250], names[:250], labels[:250], unc[:250], max_k=20,
                        backend="scann", source={"checkpoint": "ckpt/7"})
-  index.thresholds = calibrate.Thresholds(similarity=0.95, uncertainty=0.7)
+  index.thresholds = Thresholds(similarity=0.95, uncertainty=0.7)
   before = index.query(emb[250:], 5, unc[250:])
   assert set(before.decision) == {"match", "no_match", "abstain"}
   index.save(str(tmp_path / "idx"))
