@@ -1,7 +1,7 @@
 """Does our loop learn as well as the same recipe in PyTorch? (issue 13, item 7)
 
 Usage: python benchmarks/learning_curves.py [--seeds 0,1,2] [--config demo.py] [--arg ""]
-       [--epochs 12] [--method baseline]
+       [--method baseline] [--torch_init default,torchvision] [--skip_ours]
 
 The same backbone (the tiny ResNet: ours, and tests/torch_reference.py's with PyTorch's
 default initialisation), the same recipe (``configs/demo.py`` with ``method=baseline``:
@@ -10,7 +10,9 @@ learning rate, weight decay, gradient clipping by value, BatchNorm training, the
 schedule) and *the same batches* (our grain pipeline's augmented P × K batches, fed to both),
 so what differs is the framework, the initialisation and the optimiser's implementation.
 Test Recall@1 every ``eval.every_epochs`` (2) epochs, per seed and mean ± sd; prints what it
-measured.
+measured. ``--torch_init``: the PyTorch network with PyTorch's default initialisation
+(``kaiming_uniform_(a=sqrt(5))``, what a plain PyTorch CNN gets) and/or torchvision's ResNet
+initialisation (Kaiming-normal fan-out convolutions: what our Flax ResNet uses).
 """
 
 import argparse
@@ -37,9 +39,13 @@ from idml_jax.train.reporting import read_metrics  # noqa: E402
 
 
 class TorchEmbedder(nn.Module):
-  def __init__(self, dim: int):
+  def __init__(self, dim: int, init: str = "default"):
     super().__init__()
     self.backbone = torch_reference.resnet_tiny()
+    if init == "torchvision":  # torchvision's ResNet.__init__, as our Flax ResNet.
+      for m in self.backbone.modules():
+        if isinstance(m, nn.Conv2d):
+          nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     self.head = nn.Linear(self.backbone.num_features, dim)
     nn.init.kaiming_normal_(self.head.weight, mode="fan_out")  # As ours (and the papers').
     nn.init.zeros_(self.head.bias)
@@ -56,14 +62,14 @@ def _to_torch(images: np.ndarray, spec) -> torch.Tensor:
   return x.permute(0, 3, 1, 2).contiguous()
 
 
-def torch_run(c, seed: int) -> dict[int, float]:
+def torch_run(c, seed: int, init: str = "default") -> dict[int, float]:
   torch.manual_seed(seed)
   splits = data.load_splits(c.data.name, c.data.source)
   spec = get_backbone(c.model.backbone).input_spec
   sampler = data.ClassBalancedSampler(splits["train"].labels, c.batch_size,
                                       c.data.images_per_class, seed)
   steps_per_epoch = sampler.steps_per_epoch(c.max_steps_per_epoch or None)
-  model = TorchEmbedder(c.model.embedding_dim)
+  model = TorchEmbedder(c.model.embedding_dim, init)
   opt = torch.optim.AdamW([{"params": model.backbone.parameters()},
                            {"params": model.head.parameters(),
                             "lr": c.optimizer.lr * c.optimizer.head_lr_mult}],
@@ -122,14 +128,20 @@ def main():
   p.add_argument("--config", default="demo.py")
   p.add_argument("--arg", default="")
   p.add_argument("--method", default="baseline")
+  p.add_argument("--torch_init", default="default")
+  p.add_argument("--skip_ours", action="store_true")
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
-  curves = {"ours (JAX)": [], "PyTorch": []}
+  inits = args.torch_init.split(",")
+  curves = {**({} if args.skip_ours else {"ours (JAX)": []}),
+            **{f"PyTorch ({i} init)": [] for i in inits}}
   for seed in seeds:
     c = load_config(args.config, args.arg)
     c.method, c.eval.every_epochs, c.eval.nmi = args.method, 2, False
-    curves["ours (JAX)"].append(ours_run(c, seed))
-    curves["PyTorch"].append(torch_run(c, seed))
+    if not args.skip_ours:
+      curves["ours (JAX)"].append(ours_run(c, seed))
+    for i in inits:
+      curves[f"PyTorch ({i} init)"].append(torch_run(c, seed, i))
     print(f"seed {seed}:", {k: {e: round(v, 4) for e, v in cs[-1].items()}
                             for k, cs in curves.items()}, flush=True)
   epochs = sorted(set.intersection(*(set(cv) for cs in curves.values() for cv in cs)))

@@ -41,7 +41,7 @@ def vit_parity():
       path = os.path.join(d, "model.safetensors")
       save_file({k: t.detach().numpy().copy() for k, t in model.state_dict().items()}, path)
       t = time.perf_counter()
-      loaded = convert.load(path, name)
+      loaded = convert.load_weights(path, name)
       seconds = time.perf_counter() - t
     flax_model = make_backbone(name)
     variables = flax_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
@@ -70,7 +70,7 @@ def main():
       path = os.path.join(d, "w.pth")
       torch.save(model.state_dict(), path)
       t = time.perf_counter()
-      variables = convert.load(path, name)
+      variables = convert.load_weights(path, name)
       seconds = time.perf_counter() - t
     apply = jax.jit(make_backbone(name).apply)
     for size in (224, 64):

@@ -41,7 +41,7 @@ def converted(tmp_path_factory):
     path = str(d / f"{name}.pth")
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, path)  # DataParallel.
     convert.main([path, str(d / "ckpt"), "--backbone", name])
-    out[name] = (model, convert.load(str(d / "ckpt"), name))
+    out[name] = (model, convert.load_weights(str(d / "ckpt"), name))
   return out
 
 
@@ -63,15 +63,15 @@ def test_safetensors_needs_no_torch_and_gives_the_same_tree(tmp_path):
   model = torch_reference.resnet18().eval()
   safetensors_torch.save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
   torch.save(model.state_dict(), str(tmp_path / "w.pth"))
-  a = convert.load(str(tmp_path / "w.safetensors"), "resnet18")
-  b = convert.load(str(tmp_path / "w.pth"), "resnet18")
+  a = convert.load_weights(str(tmp_path / "w.safetensors"), "resnet18")
+  b = convert.load_weights(str(tmp_path / "w.pth"), "resnet18")
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_wrong_file_names_every_missing_and_unexpected_key(tmp_path):
   torch.save(torch_reference.resnet18().state_dict(), str(tmp_path / "r18.pth"))
   with pytest.raises(ValueError, match=r"missing \(\d+\).*layer1\.0\.conv3\.weight"):
-    convert.load(str(tmp_path / "r18.pth"), "resnet50")
+    convert.load_weights(str(tmp_path / "r18.pth"), "resnet50")
 
 
 def test_load_into_embedding_model(converted):

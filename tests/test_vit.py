@@ -58,6 +58,9 @@ def _torch_features(model, x_nhwc):
     return model(torch.from_numpy(np.transpose(x_nhwc, (0, 3, 1, 2)))).numpy()
 
 
+_weights = convert.load_weights
+
+
 def _flax_features(name, variables, x, pool="token", dtype=jnp.float32):
   model = EmbeddingModel(make_backbone(name, pool=pool, dtype=dtype), 8, uncertainty=False)
   init = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *x.shape[1:])))
@@ -105,7 +108,7 @@ def test_converted_timm_safetensors_match_pytorch_at_224(name, tmp_path):
   model = _torch_model(name)
   path = _save(model.state_dict(), tmp_path / "model.safetensors")
   x = _images()
-  _assert_close(_flax_features(name, convert.load(path, name), x), _torch_features(model, x))
+  _assert_close(_flax_features(name, _weights(path, name), x), _torch_features(model, x))
 
 
 def test_average_pooling_and_a_written_checkpoint_match_pytorch(tmp_path):
@@ -113,7 +116,7 @@ def test_average_pooling_and_a_written_checkpoint_match_pytorch(tmp_path):
   model = _torch_model(name, global_pool="avg")
   path = _save(model.state_dict(), tmp_path / "w.pth")
   convert.main([path, str(tmp_path / "ckpt"), "--backbone", name])
-  variables = convert.load(str(tmp_path / "ckpt"), name)  # Stored at the file's 37 × 37.
+  variables = convert.load_weights(str(tmp_path / "ckpt"), name)  # Stored at the file's 37 × 37.
   assert variables["params"]["pos_embed"].shape == (1, 1 + 37 * 37, 64)
   x = _images()
   _assert_close(_flax_features(name, variables, x, pool="avg"), _torch_features(model, x))
@@ -130,7 +133,7 @@ def test_dinov2_release_layout_folds_the_class_position(tmp_path):
   sd["pos_embed"][:, :1] = shift
   path = _save(sd, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
   x = _images(seed=1)
-  _assert_close(_flax_features(name, convert.load(path, name), x), _torch_features(model, x))
+  _assert_close(_flax_features(name, _weights(path, name), x), _torch_features(model, x))
 
 
 def test_openai_clip_layout_matches_pytorch(tmp_path):
@@ -138,7 +141,7 @@ def test_openai_clip_layout_matches_pytorch(tmp_path):
   model = _torch_model(name, seed=4)
   path = _save(torch_vit.to_openai_clip(model.state_dict()), tmp_path / "clip.pth")
   x = _images(seed=2)
-  _assert_close(_flax_features(name, convert.load(path, name), x), _torch_features(model, x))
+  _assert_close(_flax_features(name, _weights(path, name), x), _torch_features(model, x))
 
 
 @pytest.mark.parametrize("big_vision, stacked", [(False, False), (True, False), (True, True)])
@@ -154,7 +157,7 @@ def test_google_npz_layouts_match_pytorch(tmp_path, big_vision, stacked):
     w = {f"opt/target/{k}": v for k, v in w.items()} | {"opt/state/step": np.zeros(())}
   path = _save(w, tmp_path / "S_16.npz")
   x = _images(seed=3)
-  _assert_close(_flax_features(name, convert.load(path, name), x), _torch_features(model, x))
+  _assert_close(_flax_features(name, _weights(path, name), x), _torch_features(model, x))
 
 
 def test_dino_training_checkpoint_takes_the_teacher_backbone(tmp_path):
@@ -165,13 +168,13 @@ def test_dino_training_checkpoint_takes_the_teacher_backbone(tmp_path):
   path = _save({"student": {"backbone.cls_token": torch.zeros(1)}, "teacher": teacher,
                 "epoch": 100}, tmp_path / "checkpoint.pth")
   x = _images(seed=4)
-  _assert_close(_flax_features(name, convert.load(path, name), x), _torch_features(model, x))
+  _assert_close(_flax_features(name, _weights(path, name), x), _torch_features(model, x))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_features(tmp_path):
   name = "test_vit_s16"
   model = _torch_model(name)
-  variables = convert.load(_save(model.state_dict(), tmp_path / "w.safetensors"), name)
+  variables = convert.load_weights(_save(model.state_dict(), tmp_path / "w.safetensors"), name)
   x = _images()
   want = _torch_features(model, x)
   got = _flax_features(name, variables, x, dtype=jnp.bfloat16)
@@ -184,9 +187,9 @@ def test_a_file_for_another_variant_names_what_does_not_fit(tmp_path):
   plain = _save(_torch_model("test_vit_s16").state_dict(), tmp_path / "vit.safetensors")
   with pytest.raises(ValueError, match=r"missing \(2\): \['norm_pre.bias', 'norm_pre.weight'\]"
                      r"[\s\S]*unexpected \(1\): \['patch_embed.proj.bias'\]"):
-    convert.load(plain, "test_clip")
+    convert.load_weights(plain, "test_clip")
   with pytest.raises(ValueError, match=r"shape mismatches \(\d+\).*pos_embed|square grid"):
-    convert.load(plain, "test_dinov2_reg")
+    convert.load_weights(plain, "test_dinov2_reg")
 
 
 def test_image_size_must_be_a_multiple_of_the_patch():

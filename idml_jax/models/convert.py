@@ -159,7 +159,7 @@ def save(variables: dict, directory: str) -> None:
   ckpt.wait_until_finished()
 
 
-def load(path: str, backbone: str) -> dict:
+def load_weights(path: str, backbone: str) -> dict:
   """Backbone variables from an orbax checkpoint written by :func:`save`, or converted on
   the fly from a ``.pth``/``.safetensors``/``.npz`` file."""
   if os.path.isfile(path):

@@ -134,7 +134,7 @@ def risk_coverage_figure(selective: dict) -> Figure:
   return fig
 
 
-def risk_coverage(workdir: Workdir, selective: dict) -> str:
+def risk_coverage_curves(workdir: Workdir, selective: dict) -> str:
   """``risk_coverage.png`` from ``evaluate``'s ``selective`` curves."""
   return _save(risk_coverage_figure(selective), workdir, "risk_coverage.png")
 

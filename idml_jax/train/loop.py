@@ -268,7 +268,7 @@ def _draw_figures(run: Run, emb: dict) -> None:
                          run.workdir, emb, source)),
                      ("uncertainty figure", lambda: figures.uncertainty_vs_error(
                          run.workdir, emb)),
-                     ("risk-coverage figure", lambda: figures.risk_coverage(
+                     ("risk-coverage figure", lambda: figures.risk_coverage_curves(
                          run.workdir, emb["selective"])),
                      ("reliability diagram", lambda: "calibration" in emb and
                       figures.reliability(run.workdir, emb["calibration"]))):

@@ -82,7 +82,7 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
   variables = _variables(config, model)
   if pretrained and config.model.pretrained:
     variables = convert.load_into(
-        variables, convert.load(config.model.pretrained, config.model.backbone),
+        variables, convert.load_weights(config.model.pretrained, config.model.backbone),
         config.model.backbone)
   params = {"model": variables["params"]}
   if config.task == "retrieval" and config.loss.name in losses.PROXY_LOSSES:
