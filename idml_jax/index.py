@@ -37,7 +37,7 @@ import numpy as np
 
 from idml_jax import platform, similarity
 from idml_jax.evaluation.inputs import check_finite
-from idml_jax.evaluation.knn import jax_search, scann_searcher
+from idml_jax.evaluation.knn import drop_self, jax_search, scann_searcher
 from idml_jax.ops import l2_normalize_np
 
 FORMAT = 1
@@ -245,7 +245,6 @@ class GalleryIndex:
     """
     scores, indices = self.search(queries, min(k + int(exclude_self), self.max_k))
     if exclude_self:
-      from idml_jax.evaluation.knn import drop_self
       scores, indices = drop_self(scores, indices, k)
     top1 = scores[:, 0].copy()  # Decisions use the cosine top-1, as calibrated.
     if rerank:

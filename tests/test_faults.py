@@ -309,12 +309,15 @@ def test_a_refused_resume_and_a_changed_eval_end_in_one_line(main_reference, tmp
 
 
 def test_sigint_keeps_the_checkpoint_and_says_so_in_one_line(tmp_path):
-  proc = subprocess.Popen(MAIN + [f"--workdir={tmp_path}", "--config.num_epochs=50",
-                                  "--config.eval.every_epochs=100"], cwd=ROOT, env=ENV,
+  # Long enough that it cannot finish before the signal, however loaded the machine is.
+  proc = subprocess.Popen(MAIN + [f"--workdir={tmp_path}", "--config.num_epochs=5000",
+                                  "--config.eval.every_epochs=10000"], cwd=ROOT, env=ENV,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   while Checkpoints(Workdir(tmp_path)).latest_step() is None and time.time() < deadline:
-    time.sleep(1)
+    assert proc.poll() is None, proc.communicate()[0][-2000:]
+    time.sleep(0.2)
+  assert proc.poll() is None, "the run ended before it could be interrupted"
   proc.send_signal(signal.SIGINT)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 130 and "Traceback" not in out

@@ -69,8 +69,8 @@ def test_evaluation_iaa_and_search_equal_on_the_gpu_defaults(monkeypatch):
   np.testing.assert_allclose(cpu[4][0], gpu[4][0], atol=1e-5)
 
 
-def _one_step(dtype):
-  c = tiny(method="idml+iaa", model__dtype=dtype)
+def test_bfloat16_backbone_keeps_float32_embeddings_losses_and_parameters():
+  c = tiny(method="idml+iaa", model__dtype="bfloat16")
   steps = Steps.build(c, 5, 10, make_mesh(jax.devices()[:1]))
   state = steps.fresh_state()
   src = data.load_splits(c.data.name, "demo")["train"]
@@ -81,23 +81,18 @@ def _one_step(dtype):
   local = next(iter(data.train_batches(src, sampler, image_size=16, seed=0, start_step=0,
                                        num_steps=1, num_threads=2)))
   batch = to_global(steps.mesh, {"image": local["image"], "label": local["label"]})
-  out = jax.device_get(steps.embed(state, batch["image"]))
+  out = jax.eval_shape(steps.embed, state, batch["image"])  # Traced, not compiled.
+  assert out["semantic"].dtype == jnp.float32 and out["uncertainty_norm"].dtype == jnp.float32
+  step = lambda s, b: steps.train_step(s, b, 0.8, synthesize=True, train_backbone=True)
+  program = str(jax.make_jaxpr(step)(state, batch))
+  assert "conv_general_dilated" in program and "bf16[" in program  # The backbone runs in bf16.
   before = jax.device_get(state.params)  # The step donates the state.
-  new, m = steps.train_step(state, batch, 0.8, synthesize=True, train_backbone=True)
-  return out, jax.device_get(m), before, jax.device_get(new.params)
-
-
-def test_bfloat16_backbone_keeps_float32_embeddings_losses_and_parameters():
-  out16, m16, before, after = _one_step("bfloat16")
-  _, m32, *_ = _one_step("float32")
-  assert out16["semantic"].dtype == jnp.float32 and out16["uncertainty_norm"].dtype == jnp.float32
-  assert m16["loss"].dtype == jnp.float32 and np.isfinite(float(m16["loss"]))
-  assert np.isfinite(float(m16["grad_norm"])) and float(m16["grad_norm"]) > 0
+  new, m = step(state, batch)
+  after, m = jax.device_get(new.params), jax.device_get(m)
+  assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["loss"]))
+  assert np.isfinite(float(m["grad_norm"])) and float(m["grad_norm"]) > 0
   for leaf in jax.tree.leaves(after):
     assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
   moved = [float(np.max(np.abs(a - b))) for a, b in zip(
       jax.tree.leaves(after), jax.tree.leaves(before), strict=True)]
   assert max(moved) > 0
-  # The backbone really ran in bf16: close to the float32 loss, but not equal to it.
-  assert float(m16["loss"]) != float(m32["loss"])
-  assert float(m16["loss"]) == pytest.approx(float(m32["loss"]), rel=0.05)
