@@ -264,3 +264,14 @@ def test_demo_configs_sample_their_own_data(arg):
   labels = data.load_splits(c.data.name, c.data.source)["train"].labels
   sampler = data.SAMPLERS[c.data.sampler](labels, c.batch_size, c.data.images_per_class, 0)
   assert sampler.steps_per_epoch(c.max_steps_per_epoch or None) >= 1
+
+
+def test_a_relative_workdir_trains_and_resumes(tmp_path, monkeypatch):
+  """The README's command uses ``--workdir=runs/demo``; orbax needs absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  c = tiny(method="baseline")
+  loop.train_and_evaluate(c, "runs/demo")
+  assert Checkpoints(Workdir("runs/demo")).latest_step() is not None
+  c.num_epochs += 1  # An allowed change: resumes from the relative path too.
+  loop.train_and_evaluate(c, "runs/demo")
+  assert os.path.exists(tmp_path / "runs" / "demo" / "results.json")

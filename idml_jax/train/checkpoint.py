@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import zlib
 
@@ -43,7 +44,8 @@ class Workdir:
   """Paths of a training workdir (see the module doc)."""
 
   def __init__(self, path):
-    self.path = epath.Path(path)
+    path = str(path)  # Local paths made absolute (orbax refuses relative ones); gs://... kept.
+    self.path = epath.Path(path if "://" in path else os.path.abspath(path))
 
   def __truediv__(self, name: str) -> epath.Path:
     return self.path / name
