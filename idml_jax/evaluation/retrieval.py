@@ -332,7 +332,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(
 def query_gallery_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
                           gallery_labels: np.ndarray, *, recall_ks=(1, 10, 20, 30),
                           backend: str = "exact",
-                      block_size: int | None = None) -> dict[str, float]:
+                          block_size: int | None = None) -> dict[str, float]:
   """In-Shop style: queries [Q, D] against a separate gallery [N, D]; ``recall@K``,
   ``r_precision``, ``map@r``."""
   return query_ranks(query, query_labels, gallery, gallery_labels, max_k=max(recall_ks),

@@ -48,12 +48,13 @@ UNCERTAINTY_INITS: dict[str, Callable[..., nn.Dense]] = {
 # features' scale).
 UNCERTAINTY_INPUTS = ("features", "normalized_features")
 
+
 def relu_bounded(x: jax.Array) -> jax.Array:
   """``relu(x)`` rescaled to the norm ``tanh(||relu(x)||)`` < 1 (direction kept) [..., D].
 
   Non-negative like ReLU, and on the official code's scale (its u has norm exactly 1) while
-  still learning: du = ||u_a||² + ||u_b||² < 2 against a = 4, so the ISM's factor is
-  modulated by the uncertainty without ever saturating (BENCHMARKS.md).
+  keeping a gradient: du = ||u_a||² + ||u_b||² < 2 against a = 4, so the uncertainty cannot
+  drive the ISM's factor to 0 (BENCHMARKS.md measures where the factor lives in training).
   """
   r = jax.nn.relu(x)
   sq = jnp.sum(jnp.square(r), axis=-1, keepdims=True)
