@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
+import threading
 import time
 
 import jax
@@ -99,6 +101,30 @@ def open_run(config: ml_collections.ConfigDict, workdir: str, devices=None, *,
                              "changes": history})
   return Run(config, wd, splits, num_classes, sampler, steps_per_epoch, steps, Checkpoints(wd),
              {name: data.SkipCounter() for name in (*splits, "iaa")})
+
+
+class _StopRequest:
+  """SIGINT (Ctrl-C) during training as a request, honoured between steps: a
+  KeyboardInterrupt raised inside a checkpoint save could be swallowed by the saving
+  library and the run would go on. A second Ctrl-C interrupts at once."""
+
+  def __init__(self):
+    self.requested, self._previous = False, None
+
+  def install(self) -> None:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    logging.warning("Ctrl-C: stopping after this step (again to stop at once).")
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+      self._previous = None
 
 
 def _warn_about_weights(config: ml_collections.ConfigDict) -> None:
@@ -204,8 +230,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       write_json(wd.untrained_file, untrained)
     logging.info("untrained: %s", " ".join(f"{k}={v:.4f}" for k, v in untrained.items()))
   last_eval, t_start = None, time.perf_counter()
+  stop = _StopRequest()
   try:
+    stop.install()
     for step in range(start, total):
+      if stop.requested:  # Ctrl-C lands here, between steps, never inside a save.
+        raise KeyboardInterrupt
       epoch = step // run.steps_per_epoch
       if step % run.steps_per_epoch == 0:
         state = _maybe_update_class_stats(run, state, epoch)
@@ -243,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     "re-run the same command to resume.", ckpts.latest_step(), wd.checkpoints)
     raise
   finally:
+    stop.restore()
     ckpts.wait()
     writer.close()
   final, emb = last_eval or _evaluate(run, state, total)
