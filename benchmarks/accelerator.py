@@ -1,4 +1,4 @@
-"""Every figure an accelerator run must show, in one command (issue 17).
+"""Every figure an accelerator run must show, in one command.
 
 Usage: python benchmarks/accelerator.py [--out DIR] [--smoke] [--budget_s 330]
        [--sections train,torch,vit,eval,iaa,nmi,pipeline]
@@ -86,6 +86,7 @@ def _step_config(method: str, backbone: str, sz: dict, smoke: bool):
   c = config_lib.default_config()
   c.method = method
   c.loss.name = "multi_similarity" if "iaa" in method else "proxy_anchor"
+  c.mixing.kind = "mixup" if config_lib.uses_idml(method) else "none"  # IDML's Mixup.
   c.optimizer.warmup_epochs = 0
   c.batch_size = sz["batch"]
   c.data.images_per_class = 4

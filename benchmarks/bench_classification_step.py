@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from synthetic import median_step_seconds  # noqa: E402
 
-from idml_jax import config as config_lib  # noqa: E402
+from idml_jax import config_files  # noqa: E402
 from idml_jax.train.steps import Steps, make_mesh, to_global  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,10 +27,10 @@ ROWS = ("baseline", "ism", "mixup", "idml_mixup", "cutmix", "idml_cutmix")
 
 
 def config_for(model: str, row: str, batch: int, dtype: str):
-  c = config_lib.from_file(os.path.join(ROOT, "configs", "classification.py") + ":"
+  c = config_files.from_file(os.path.join(ROOT, "configs", "classification.py") + ":"
                            + ("imagenet," if model == "resnet50" else "demo,") + row)
   c.batch_size, c.model.dtype = batch, dtype
-  c.classification.cutmix_prob = 1.0  # Time the mixing on every step.
+  c.mixing.cutmix_prob = 1.0  # Time the mixing on every step.
   return c
 
 

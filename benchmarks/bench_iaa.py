@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_iaa.py [--dataset sop_train] [--repeats 3] [--no-
 
 Baseline, measured in the same run: a straightforward NumPy port of the official code
 (a Python loop over classes for the merge; the two C×C distance matrices by NumPy
-matmul, i.e. OpenBLAS; a loop over classes for neighbours, weights and sums). The
+matmul, i.e. OpenBLAS; a loop over classes for neighbors, weights and sums). The
 official PyTorch code takes ~7.7 s here (FACTS.md). Prints compile + first call and
 steady-state medians, and the ratio to the baseline.
 """
@@ -93,7 +93,7 @@ def main():
   print(f"NumPy per-class baseline {base:6.2f} s; JAX steady median is "
         f"{base / statistics.median(times):.1f}× faster; classes differing by > 1e-4 (relative "
         f"to the largest entry): {int(np.sum(err > 1e-4))} of {num_classes} (a tie at the K-th "
-        f"neighbour is broken differently), median difference {np.median(err):.1e}")
+        f"neighbor is broken differently), median difference {np.median(err):.1e}")
 
 
 if __name__ == "__main__":

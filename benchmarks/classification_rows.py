@@ -15,14 +15,14 @@ import logging
 import os
 import statistics
 
-from idml_jax import config as config_lib
+from idml_jax import config_files
 from idml_jax.train.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(arg: str):
-  return config_lib.from_file(os.path.join(ROOT, "configs", "classification.py") + ":" + arg)
+  return config_files.from_file(os.path.join(ROOT, "configs", "classification.py") + ":" + arg)
 
 
 def main():

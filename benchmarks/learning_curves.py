@@ -1,4 +1,4 @@
-"""Does our loop learn as well as the same recipe in PyTorch? (issue 13, item 7)
+"""Does our loop learn as well as the same recipe in PyTorch?
 
 Usage: python benchmarks/learning_curves.py [--seeds 0,1,2] [--config demo.py] [--arg ""]
        [--method baseline] [--torch_init default,torchvision] [--skip_ours]
@@ -31,6 +31,7 @@ import torch_reference  # noqa: E402
 from conftest import load_config  # noqa: E402
 from reference.iaa import multi_similarity  # noqa: E402
 
+from idml_jax import config as config_lib  # noqa: E402
 from idml_jax import data, evaluation  # noqa: E402
 from idml_jax.models import get_backbone  # noqa: E402
 from idml_jax.train import loop  # noqa: E402
@@ -138,6 +139,7 @@ def main():
   for seed in seeds:
     c = load_config(args.config, args.arg)
     c.method, c.eval.every_epochs, c.eval.nmi = args.method, 2, False
+    c.mixing.kind = "mixup" if config_lib.uses_idml(args.method) else "none"
     if not args.skip_ours:
       curves["ours (JAX)"].append(ours_run(c, seed))
     for i in inits:

@@ -1,4 +1,4 @@
-"""Does re-ranking the cosine top-k with the pairwise ISM change retrieval? (issue 16)
+"""Does re-ranking the cosine top-k with the pairwise ISM change retrieval?
 
 Usage: python benchmarks/rerank.py [--workdir W [W ...]] [--k 60] [--seeds 0,1,2]
        [--synthetic_only]
@@ -32,9 +32,9 @@ from idml_jax.index import GalleryIndex  # noqa: E402
 from idml_jax.train import loop  # noqa: E402
 
 
-def ranked_metrics(neighbour_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Recall@1 and MAP@R from ranked neighbour labels [Q, k] (k >= the largest R)."""
-  rel = neighbour_labels == labels[:, None]
+def ranked_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Recall@1 and MAP@R from ranked neighbor labels [Q, k] (k >= the largest R)."""
+  rel = neighbor_labels == labels[:, None]
   r = np.array([np.sum(labels == lab) - 1 for lab in labels])
   ap = []
   for row, ri in zip(rel, r, strict=True):
@@ -74,7 +74,7 @@ def trained(workdir: str, k: int) -> dict:
   splits = data.load_splits(cfg.data.name, cfg.data.source, cfg.data.data_dir or None)
   emb = model.embed(splits["test"])
   return compare(emb["semantic"], emb["uncertainty_norm"], emb["labels"], k,
-                 cfg.idml.semantic_distance)
+                 cfg.ism.semantic_distance)
 
 
 def fmt(name, res):

@@ -3,7 +3,7 @@
 Usage: python benchmarks/uncertainty_parameterisation.py [--seeds 0,1,2] [--out FILE.json]
        [--candidates raw,normalized,...] [--settings patches_ms,digits_ms,patches_pa]
 
-Each candidate fixes what the ISM's ``dmu`` is computed from (``idml.semantic_distance``)
+Each candidate fixes what the ISM's ``dmu`` is computed from (``ism.semantic_distance``)
 and how the uncertainty embedding is made (activation, initialisation, input). Each setting
 is the shipped demo (patches, IDML + IAA, Multi-Similarity on the pairwise ISM), the same on
 scikit-learn's digits, or the demo with IDML + Proxy-Anchor (the proxy form of the ISM).
@@ -53,7 +53,7 @@ def run(setting: str, candidate: str, seed: int) -> dict:
     node, *path = key.split(".")
     target = c[node] if path else c
     target[path[0] if path else node] = value
-  (c.idml.semantic_distance, c.model.uncertainty_activation, c.model.uncertainty_init,
+  (c.ism.semantic_distance, c.model.uncertainty_activation, c.model.uncertainty_init,
    c.model.uncertainty_input) = CANDIDATES[candidate]
   c.seed = seed
   with tempfile.TemporaryDirectory() as workdir:

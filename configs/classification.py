@@ -34,7 +34,8 @@ paper's PyramidNet numbers (compare rows with each other, not with the paper). L
 
 import ml_collections
 
-from idml_jax.config import default_config, parse_arg, runlocal
+from idml_jax.config import default_config
+from idml_jax.config_files import parse_arg, runlocal
 
 ROWS = {  # row: (method, mixing)
     "baseline": ("baseline", "none"),
@@ -64,8 +65,9 @@ def get_config(arg: str = "demo,idml_mixup"):
   dataset, row = args.dataset, args.row
   c = default_config()
   c.task = "classification"
-  c.method, c.classification.mixing = ROWS[row]
-  c.classification.alpha = 1.0
+  c.method, c.mixing.kind = ROWS[row]
+  c.mixing.alpha = 1.0
+  c.ism.a, c.ism.b = 0.0, 5.0  # The ISM logits of §1.4.
   c.model.batch_norm = "train"
   c.model.pretrained = ""
   c.data.sampler = "random"
@@ -90,7 +92,7 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.optimizer.lr = 0.1 * c.batch_size / 256
     c.optimizer.weight_decay = 1e-4
     c.optimizer.boundaries = (75, 150, 225)
-    c.classification.cutmix_prob = 1.0
+    c.mixing.cutmix_prob = 1.0
     c.eval.batch_size = 512
     c.log_every_steps = 100
     c.paper = ml_collections.ConfigDict({"top1": PAPER_TOP1[row]})
@@ -104,7 +106,7 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.optimizer.lr = 0.25
     c.optimizer.weight_decay = 1e-4
     c.optimizer.boundaries = (150, 225)
-    c.classification.cutmix_prob = 0.5
+    c.mixing.cutmix_prob = 0.5
     c.classification.uncertainty_dim = 128  # The official PyramidNet's uncertainty head.
     c.eval.batch_size = 500
     c.log_every_steps = 100
@@ -119,14 +121,12 @@ def get_config(arg: str = "demo,idml_mixup"):
     c.optimizer.lr = 0.1
     c.optimizer.weight_decay = 5e-4
     c.optimizer.boundaries = (20, 27)
-    c.classification.cutmix_prob = 0.5
+    c.mixing.cutmix_prob = 0.5
     c.eval.batch_size = 100
     c.eval.every_epochs = 5
     c.log_every_steps = 14
   if args.official:
     official(c)
-  if args.runlocal:
-    runlocal(c)
-    c.model.backbone = "resnet_tiny_cifar"
-    c.classification.uncertainty_dim = 32
+  if args.runlocal:  # 32 px: the CIFAR stem whatever the dataset's backbone.
+    runlocal(c, backbone="resnet_tiny_cifar")
   return c

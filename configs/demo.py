@@ -12,7 +12,8 @@ Argument (comma-separated): ``digits`` (scikit-learn's digits instead), ``runloc
 seconds-long smoke run).
 """
 
-from idml_jax.config import default_config, parse_arg, runlocal
+from idml_jax.config import default_config
+from idml_jax.config_files import parse_arg, runlocal
 
 
 def get_config(arg: str = ""):
@@ -20,6 +21,7 @@ def get_config(arg: str = ""):
   c = default_config()
   c.method = "idml+iaa"
   c.loss.name = "multi_similarity"
+  c.mixing.kind = "mixup"  # IDML's Mixup.
   c.model.backbone = "resnet_tiny"
   c.model.embedding_dim = 64
   c.data.source = "demo"

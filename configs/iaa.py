@@ -23,7 +23,8 @@ in the paper (the official code computes it but samples from the raw covariance)
 
 import ml_collections
 
-from idml_jax.config import default_config, parse_arg, runlocal
+from idml_jax.config import default_config
+from idml_jax.config_files import parse_arg, runlocal
 
 DATASETS = ("cub", "cars", "sop", "inshop")
 LOSSES = {"ms": "multi_similarity", "contrastive": "contrastive", "triplet": "triplet"}
@@ -59,20 +60,22 @@ def official(c, dataset: str, loss: str):
   return c
 
 
-def get_config(arg: str = "cub,ms"):
-  args = parse_arg(arg, dataset=(None, DATASETS), loss=("ms", tuple(LOSSES)),
-                   backbone=("googlenet", BACKBONES),
-                   flags=("tfds", "idml", "official", "runlocal"))
-  dataset, loss, backbone = args.dataset, args.loss, args.backbone
+def build(dataset: str, loss: str = "ms", backbone: str = "googlenet", *, tfds: bool = False,
+          idml: bool = False, official_code: bool = False):
+  """The config of ``dataset`` and ``loss`` (a key of ``LOSSES``) on ``backbone``; ``idml``:
+  IDML + IAA (the ISM and its Mixup as well); ``official_code``: darkpromise98/IAA's
+  behaviour."""
   large = dataset in ("sop", "inshop")
   c = default_config()
-  c.method = "idml+iaa" if args.idml else "iaa"
+  c.method = "idml+iaa" if idml else "iaa"
+  if idml:
+    c.mixing.kind = "mixup"  # IDML's Mixup on the ISM pair loss.
   c.loss.name = LOSSES[loss]
   c.model.backbone = backbone
   c.model.embedding_dim = 512
   c.model.pooling = "avg" if backbone == "googlenet" else "avg+max"  # As the official code.
   c.model.batch_norm = "frozen_stats"  # BatchNorm in eval mode, scale/shift trained.
-  c.data.source = "tfds" if args.tfds else "folder"
+  c.data.source = "tfds" if tfds else "folder"
   c.data.name = dataset
   # The official sampler: up to K images of each class in turn (fewer where a class has fewer),
   # the batch filled and the last class cut (256 images at K = 3).
@@ -106,10 +109,18 @@ def get_config(arg: str = "cub,ms"):
     c.eval.ks = (1, 10, 20, 30)
     c.eval.every_epochs = 5
   r1 = PAPER_R1.get((dataset, loss, backbone))
-  c.paper = ml_collections.ConfigDict({"recall@1": r1} if r1 is not None and not args.idml
-                                      else {})
-  if args.official:
+  c.paper = ml_collections.ConfigDict({"recall@1": r1} if r1 is not None and not idml else {})
+  if official_code:
     official(c, dataset, loss)
+  return c
+
+
+def get_config(arg: str = "cub,ms"):
+  args = parse_arg(arg, dataset=(None, DATASETS), loss=("ms", tuple(LOSSES)),
+                   backbone=("googlenet", BACKBONES),
+                   flags=("tfds", "idml", "official", "runlocal"))
+  c = build(args.dataset, args.loss, args.backbone, tfds=args.tfds, idml=args.idml,
+            official_code=args.official)
   if args.runlocal:
     runlocal(c)
   return c

@@ -33,7 +33,7 @@ import os
 import ml_collections
 
 from idml_jax import models
-from idml_jax.config import from_file, parse_arg, runlocal
+from idml_jax.config_files import load_module, parse_arg, runlocal
 
 DATASETS = ("cub", "cars", "sop", "inshop")
 RECIPES = ("idml_pa", "ms_iaa", "idml_iaa")
@@ -42,17 +42,13 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _base(dataset: str, recipe: str, tfds: bool):
-  """The papers' config for the dataset and loss (its schedule, sampler, batch, IAA)."""
-  tail = ",tfds" if tfds else ""
+  """The papers' config for the dataset and loss (its schedule, sampler, batch, IAA); no
+  paper numbers (none were published on a ViT)."""
   if recipe == "idml_pa":
-    c = from_file(f"{_HERE}/idml_pa.py:{'sop' if dataset == 'inshop' else dataset}{tail}")
-    if dataset == "inshop":
-      c.data.name = "inshop"
-      c.eval.ks = (1, 10, 20, 30)
-    c.paper = ml_collections.ConfigDict()
-    return c
-  c = from_file(f"{_HERE}/iaa.py:{dataset},ms,resnet50{',idml' if recipe == 'idml_iaa' else ''}"
-                f"{tail}")
+    c = load_module(os.path.join(_HERE, "idml_pa.py")).build(dataset, tfds=tfds)
+  else:
+    c = load_module(os.path.join(_HERE, "iaa.py")).build(
+        dataset, "ms", "resnet50", tfds=tfds, idml=recipe == "idml_iaa")
   c.paper = ml_collections.ConfigDict()
   return c
 

@@ -3,7 +3,7 @@
     python -m idml_jax.calibrate --index=runs/demo/index --queries=heldout.npz \\
         [--target_precision=0.9]
 
-For each held-out query, its top-1 gallery neighbour is *correct* when it has the query's
+For each held-out query, its top-1 gallery neighbor is *correct* when it has the query's
 label. Two rules are calibrated across every threshold the data allows (the distinct
 scores; a threshold t keeps the queries whose score is >= t, so ties never split):
 

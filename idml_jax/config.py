@@ -1,31 +1,37 @@
-"""The configuration schema, its policies, and the parser of config-file arguments.
+"""The configuration schema, its validation, and the policies every module asks about.
 
-Configs (``configs/*.py``) start from :func:`default_config` and override values;
-``get_config(arg)`` reads its argument with :func:`parse_arg`. :func:`validate` runs
-before any work: an unknown key, a bad value or an inconsistent combination fails with
-the valid choices listed — taken from the tables that own them (``names.lookup``).
-The policies every module asks about (which method uses the ISM, IAA, the neighbor
-correction) are decided here, next to the schema.
+Configs (``configs/*.py``) start from :func:`default_config` and override values (the
+config-file helpers are in :mod:`idml_jax.config_files`). :func:`validate` runs before any
+work: an unknown key, a bad value or an inconsistent combination fails with the valid
+choices listed — taken from the tables that own them (``names.lookup``); a key of an older
+schema is refused with the name that replaced it (``RENAMED``). The policies (which method
+uses the ISM, IAA, the neighbor correction; BatchNorm's mode) are decided here, next to
+the schema. The model's defaults are the model classes' own (one source).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-from collections.abc import Sequence
+import difflib
 
 import ml_collections
 
 from idml_jax import data, evaluation, iaa, losses, mixing, models, names, optim
 
 METHODS = ("baseline", "idml", "iaa", "idml+iaa")
-TASKS = ("retrieval", "classification")
-CLASSIFICATION_METHODS = ("baseline", "idml")  # Plain logits | ISM logits (§1.4).
+# task -> the methods it trains. Classification: plain logits | ISM logits (IDML §1.4).
+TASK_METHODS = {"retrieval": METHODS, "classification": ("baseline", "idml")}
 BATCH_NORM_MODES = ("auto", "frozen", "frozen_stats", "train")
 # Both papers apply the neighbor correction to datasets with more classes than this
 # (SOP, In-Shop); the official code switches on the same count.
 LARGE_DATASET_CLASSES = 1000
+# Keys of earlier schemas -> what replaced them (refused, never aliased).
+RENAMED = {
+    "idml.a": "ism.a", "idml.b": "ism.b", "idml.semantic_distance": "ism.semantic_distance",
+    "idml.mixup": "mixing.kind ('mixup' or 'none')", "idml.mixup_alpha": "mixing.alpha",
+    "classification.a": "ism.a", "classification.b": "ism.b",
+    "classification.mixing": "mixing.kind", "classification.alpha": "mixing.alpha",
+    "classification.cutmix_prob": "mixing.cutmix_prob",
+}
 
 
 def uses_idml(method: str) -> bool:
@@ -60,28 +66,28 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = "retrieval"  # retrieval (the papers' DML) | classification (IDML §1.4)
-  c.method = "idml"  # One of METHODS (classification: baseline | idml).
+  c.method = "idml"  # One of TASK_METHODS[task].
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "proxy_anchor"
   c.loss.kwargs = ml_collections.ConfigDict()  # e.g. margin, alpha for proxy_anchor.
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50"
-  c.model.embedding_dim = 512
+  embedding = models.EmbeddingModel  # Its field defaults are the config's (one source).
+  c.model.embedding_dim = embedding.embedding_dim
   c.model.pretrained = ""  # Orbax dir or .pth/.safetensors (idml_jax.models.convert).
   c.model.dtype = "float32"  # Compute dtype of the backbone; "bfloat16" on accelerators.
   # auto: train from scratch, frozen over pretrained weights | frozen: running statistics,
   # scale/shift not trained (the papers) | frozen_stats: running statistics, scale/shift
   # trained (the official codes) | train: batch statistics, all trained.
   c.model.batch_norm = "auto"
-  # The uncertainty u (BENCHMARKS.md, "On which scale does the ISM's uncertainty act"):
-  # relu_bounded: relu(W_u h-hat) with ||u|| = tanh(.) < 1, on the scale of dmu from mu-hat
-  # | relu (unbounded) | l2_normalize (||u|| = 1: the official IDML code) | ...
-  c.model.uncertainty_activation = "relu_bounded"
-  c.model.uncertainty_init = "kaiming"  # kaiming (fan-out) | torch (nn.Linear's) | small
-  c.model.uncertainty_input = "normalized_features"  # the head reads h-hat | features (h)
-  c.model.pooling = "avg+max"  # CNNs: avg+max | avg | max; ViTs: token | avg
-  c.model.head_bias = True  # The heads' bias (the papers' code); ViT DML recipes: False.
+  # The uncertainty u (models.UNCERTAINTY_ACTIVATIONS; BENCHMARKS.md, "On which scale does
+  # the ISM's uncertainty act"): relu_bounded by default | l2_normalize (the official code).
+  c.model.uncertainty_activation = embedding.uncertainty_activation
+  c.model.uncertainty_init = embedding.uncertainty_init  # kaiming | torch (nn.Linear's) | small
+  c.model.uncertainty_input = embedding.uncertainty_input  # normalized_features (h-hat) | features
+  c.model.pooling = embedding.pooling  # CNNs: avg+max | avg | max; ViTs: token | avg
+  c.model.head_bias = embedding.head_bias  # The heads' bias (the papers' code); ViT DML: False.
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "demo"  # demo | folder | tfds
@@ -89,7 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""
   c.data.image_size = 224
   c.data.resize_size = 256
-  c.data.sampler = "balanced"  # balanced (P×K) | random
+  c.data.sampler = "balanced"  # balanced (P×K) | balanced_fill (official IAA) | random
   c.data.augment = "random_resized_crop"  # | pad_crop (CIFAR: pad 4, random 32 crop, flip)
   c.data.crop_scale = (0.08, 1.0)  # Random-resized crop's area range (official IAA: 0.16–1).
   c.data.interpolation = "bilinear"  # | lanczos (official IAA) | bicubic (ViT recipes)
@@ -120,12 +126,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.gamma = 0.5
   c.optimizer.warmup_epochs = 5  # Backbone frozen: only heads and proxies train.
 
-  c.idml = ml_collections.ConfigDict()
-  c.idml.a = 4.0
-  c.idml.b = 5.0
-  c.idml.mixup = True
-  c.idml.mixup_alpha = 1.0
-  c.idml.semantic_distance = "normalized"  # dmu from mu-hat (as the official code) | raw mu
+  # The introspective similarity (IDML §1.2, docs/algorithms.md §1.2), both tasks:
+  # retrieval a = 4, b = 5; classification's ISM logits (§1.4) a = 0.
+  c.ism = ml_collections.ConfigDict()
+  c.ism.a = 4.0
+  c.ism.b = 5.0
+  c.ism.semantic_distance = "normalized"  # dmu from mu-hat (as the official code) | raw mu
+
+  # Image mixing inside the step, both tasks: none | mixup | cutmix, lam ~ Beta(alpha, alpha).
+  # Retrieval (IDML's Mixup): L(x, y) + lam L(x~, y) + (1 - lam) L(x~, y[pi]);
+  # classification: lam CE(out, y) + (1 - lam) CE(out, y[pi]).
+  c.mixing = ml_collections.ConfigDict()
+  c.mixing.kind = "none"
+  c.mixing.alpha = 1.0
+  c.mixing.cutmix_prob = 1.0  # CutMix applied to a batch with this probability.
 
   c.iaa = ml_collections.ConfigDict()
   c.iaa.start_epoch = 30
@@ -142,14 +156,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.iaa.skip_singletons = False  # Official large-dataset estimate: one-image classes unmerged.
   c.iaa.estimate_augmented = False  # Estimate from training-augmented images (official).
 
-  c.classification = ml_collections.ConfigDict()  # task="classification" only.
-  c.classification.mixing = "none"  # none | mixup | cutmix
-  c.classification.alpha = 1.0  # lam ~ Beta(alpha, alpha)
-  c.classification.cutmix_prob = 1.0  # CutMix applied to a batch with this probability.
-  c.classification.a = 0.0  # ISM logits (§1.4): a = 0, b = 5.
-  c.classification.b = 5.0
-  c.classification.uncertainty_dim = 512
-  c.classification.bias = False  # A classifier bias; proxies = weight row + bias (official).
+  c.classification = ml_collections.ConfigDict()  # The classifier (task="classification").
+  c.classification.uncertainty_dim = models.ClassifierModel.uncertainty_dim
+  c.classification.bias = models.ClassifierModel.bias  # Proxies = weight row + bias (official).
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1
@@ -166,117 +175,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Keys a resumed run (or ``--mode=eval``) may change: how long to train, how to evaluate and
-# log, where the data and weights live, and the input pipeline's parallelism. Any other
-# change makes a different run, which must start in a new workdir. A key ending in "." is
-# a prefix (every key of that sub-config).
-RESUMABLE_KEYS = ("num_epochs", "eval.", "log_every_steps", "checkpoint_every_epochs",
-                  "data.data_dir", "data.num_threads", "data.worker_count", "model.pretrained")
-
-
-class ConfigMismatchError(ValueError):
-  """A workdir holds a run of another config."""
-
-
-def _comparable(c) -> dict:
-  """Flat config with JSON's value types (tuples -> lists), as run.json stores it."""
-  as_dict = c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c
-  return flatten(ml_collections.ConfigDict(json.loads(json.dumps(as_dict, default=str))))
-
-
-def run_changes(recorded: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """``{key: (recorded value, new value)}`` of every key ``config`` changes from the
-  ``recorded`` config (a ``to_dict()``); raises :class:`ConfigMismatchError` listing the
-  changes outside ``RESUMABLE_KEYS``."""
-  old, new = _comparable(recorded), _comparable(config)
-  changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k)}
-  allowed = lambda k: any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)
-  refused = {k: v for k, v in changed.items() if not allowed(k)}
-  if refused:
-    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
-    may = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS)
-    raise ConfigMismatchError(
-        f"This workdir's run was trained with another config ({listed}), so it cannot be "
-        f"resumed or evaluated with this one: use a new --workdir, or drop those overrides. "
-        f"A resume may change only {may}.")
-  return changed
-
-
-def parse_arg(arg: str, *, flags: Sequence[str] = (),
-              **groups: tuple[str | None, Sequence[str]]) -> ml_collections.ConfigDict:
-  """A config file's argument: comma-separated words, each refused unless known.
-
-  Every word is a value of one group (``groups[name] = (default, choices)``; a default of
-  None makes the group required), a flag (True when present), or ``name=value``. E.g.
-  ``parse_arg("cub,ms,runlocal", dataset=(None, ("cub", "sop")), loss=("ms", ("ms",)),
-  flags=("runlocal",))`` -> ``{dataset: "cub", loss: "ms", runlocal: True}``.
-  """
-  owner = {}
-  for group, (_, choices) in groups.items():
-    for choice in choices:
-      if choice in owner or choice in flags:
-        raise ValueError(f"parse_arg: {choice!r} belongs to two groups.")
-      owner[choice] = group
-  out = ml_collections.ConfigDict({g: d for g, (d, _) in groups.items()})
-  out.update({f: False for f in flags})
-  valid = "; ".join([f"{g}: {', '.join(c)}" for g, (_, c) in groups.items()]
-                    + ([f"flags: {', '.join(flags)}"] if flags else []))
-  for word in filter(None, (w.strip() for w in arg.split(","))):
-    group, _, value = word.partition("=")
-    if value and group in groups and value in groups[group][1]:
-      out[group] = value
-    elif word in owner:
-      out[owner[word]] = word
-    elif word in flags:
-      out[word] = True
-    else:
-      raise ValueError(f"Unknown config argument {word!r}; valid words: {valid}.")
-  missing = [g for g in groups if out[g] is None]
-  if missing:
-    raise ValueError(f"The config argument needs a {' and a '.join(missing)}; valid words: "
-                     f"{valid}.")
-  return out
-
-
-def from_file(spec: str) -> ml_collections.ConfigDict:
-  """``"configs/demo.py:runlocal"`` -> that file's ``get_config("runlocal")`` (as ``--config``
-  reads it; no argument after the path calls ``get_config()``)."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], path)
-  if module_spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"No config file {path!r}.")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks any config to a seconds-long run (same data, tiny model, 2 × 2 steps): a ViT
-  becomes ``vit_tiny`` (same pooling, patch 8), anything else ``resnet_tiny``."""
-  c.model.backbone = "vit_tiny" if models.get_backbone(c.model.backbone).vit else "resnet_tiny"
-  c.model.pretrained = ""
-  c.model.embedding_dim = 32
-  c.model.dtype = "float32"
-  c.data.image_size = c.data.resize_size = 32
-  c.data.images_per_class = 2
-  c.batch_size = 16
-  c.eval.batch_size = 32
-  c.num_epochs = 2
-  c.max_steps_per_epoch = 2
-  c.optimizer.warmup_epochs = min(c.optimizer.warmup_epochs, 1)
-  c.iaa.start_epoch = min(c.iaa.start_epoch, 1)
-  c.iaa.update_every = 1
-  c.eval.every_epochs = 1
-  c.eval.nmi = False
-  c.log_every_steps = 1
-  return c
-
-
 # key -> the table (or tuple) its value must come from.
 _CHOICES = {
-    "task": TASKS,
+    "task": TASK_METHODS,
     "method": METHODS,
     "loss.name": losses.ALL_LOSSES,
     "model.backbone": models.BACKBONES,
@@ -293,14 +194,14 @@ _CHOICES = {
     "optimizer.name": optim.OPTIMIZERS,
     "optimizer.schedule": optim.SCHEDULES,
     "optimizer.uncertainty_head_group": ("head", "backbone"),
-    "classification.mixing": mixing.MIXINGS,
+    "mixing.kind": mixing.MIXINGS,
     "iaa.correction": ("auto", "on", "off"),
     "iaa.synthesis_root": iaa.SYNTHESIS_ROOTS,
-    "idml.semantic_distance": ("raw", "normalized"),
+    "ism.semantic_distance": ("raw", "normalized"),
     "eval.backend": evaluation.RETRIEVAL_BACKENDS,
     "eval.kmeans": evaluation.KMEANS_BACKENDS,
 }
-_FREE = ("loss.kwargs", "paper")  # Sub-dicts whose keys are not fixed by the schema.
+FREE_KEYS = ("loss.kwargs", "paper")  # Sub-dicts whose keys are not fixed by the schema.
 
 
 def flatten(c: ml_collections.ConfigDict, prefix: str = "") -> dict:
@@ -308,18 +209,27 @@ def flatten(c: ml_collections.ConfigDict, prefix: str = "") -> dict:
   out = {}
   for k, v in c.items():
     key = f"{prefix}{k}"
-    if isinstance(v, ml_collections.ConfigDict) and key not in _FREE:
+    if isinstance(v, ml_collections.ConfigDict) and key not in FREE_KEYS:
       out.update(flatten(v, key + "."))
     else:
       out[key] = v
   return out
 
 
+def unknown_key(key: str) -> str:
+  """Why ``key`` is not in the schema, in one line: the key that replaced it
+  (``RENAMED``), or the closest valid keys."""
+  if key in RENAMED:
+    return f"{key} was renamed: use {RENAMED[key]}"
+  close = difflib.get_close_matches(key, list(flatten(default_config())), n=3, cutoff=0.8)
+  return (f"{key}: no such key" + (f" (did you mean {', '.join(close)}?)" if close else
+                                    " (the valid keys are default_config's in idml_jax/config.py)"))
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming every problem, before any work starts."""
   schema, got = flatten(default_config()), flatten(config)
-  errors = [f"unknown key {k!r} (valid keys: see idml_jax/config.py)"
-            for k in sorted(set(got) - set(schema))]
+  errors = [unknown_key(k) for k in sorted(set(got) - set(schema))]
   errors += [f"missing key {k!r}" for k in sorted(set(schema) - set(got))]
   for key, table in _CHOICES.items():
     if key in got and got[key] not in table:
@@ -343,19 +253,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ks = got.get("eval.ks")
   if ks is not None and not (len(ks) and all(isinstance(k, int) and k > 0 for k in ks)):
     errors.append(f"eval.ks must be positive integers, e.g. (1, 2, 4, 8); got {ks!r}")
-  classify = got.get("task") == "classification"
-  if classify and got.get("method") not in CLASSIFICATION_METHODS:
-    errors.append(f"task='classification' trains method baseline (plain logits) or idml (ISM "
-                  f"logits); got method={got.get('method')!r}")
-  if classify and got.get("data.sampler") == "balanced":
+  task, method = got.get("task"), got.get("method", "")
+  if task in TASK_METHODS and method not in TASK_METHODS[task]:
+    errors.append(f"task={task!r} trains method {' or '.join(TASK_METHODS[task])}; got "
+                  f"method={method!r}")
+  if task == "classification" and got.get("data.sampler") == "balanced":
     errors.append("task='classification' samples uniformly: set data.sampler='random'")
-  if not classify and got.get("classification.mixing", "none") != "none":
-    errors.append("classification.mixing applies to task='classification' (retrieval IDML "
-                  "uses idml.mixup)")
-  if not classify and uses_iaa(got.get("method", "")) and \
-      got.get("loss.name") in losses.PROXY_LOSSES:
-    errors.append(f"method {got['method']!r} synthesises samples for pair losses; loss.name "
+  if uses_iaa(method) and got.get("loss.name") in losses.PROXY_LOSSES:
+    errors.append(f"method {method!r} synthesises samples for pair losses; loss.name "
                   f"must be one of {sorted(losses.PAIR_LOSSES)}")
+  if not 0 < got.get("mixing.alpha", 1.0):
+    errors.append(f"mixing.alpha must be > 0 (lam ~ Beta(alpha, alpha)); got {got['mixing.alpha']}")
   if got.get("data.sampler") == "balanced" and got.get("batch_size", 0) % max(
       got.get("data.images_per_class", 1), 1):
     errors.append(f"batch_size {got['batch_size']} must be a multiple of data.images_per_class "

@@ -45,9 +45,9 @@ def main(argv):
   names = [str(n) for n in emb["names"]]
   if all(os.sep in n for n in names):
     emb["labels"] = np.asarray([n.split(os.sep, 1)[0] for n in names])
-  idml = trained.config.idml
-  np.savez(_OUT.value, **emb, ism_a=idml.a, ism_b=idml.b,
-           semantic_distance=idml.semantic_distance, workdir=os.path.abspath(_WORKDIR.value),
+  ism = trained.config.ism
+  np.savez(_OUT.value, **emb, ism_a=ism.a, ism_b=ism.b,
+           semantic_distance=ism.semantic_distance, workdir=os.path.abspath(_WORKDIR.value),
            checkpoint=trained.checkpoint, step=trained.step)
   shapes = ", ".join(f"{k} {v.shape}" for k, v in emb.items() if k not in ("names", "labels"))
   print(f"{len(emb['names'])} images -> {_OUT.value} ({shapes}; {trained.checkpoint} "

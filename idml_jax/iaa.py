@@ -7,7 +7,7 @@ The per-class Gaussian estimates are a pytree (:class:`ClassStats`) carried in t
 state. Every ``update_every`` epochs the whole training set is embedded and :func:`merge`
 folds its per-class moments into the state (segment sums, no loop over classes);
 :func:`neighbor_correction` then revises the covariance of few-sample classes from their
-neighbours (:func:`update` does both). :func:`synthesize` draws
+neighbors (:func:`update` does both). :func:`synthesize` draws
 ``z + sqrt(lambda_e) sqrt(Sigma) * eps`` from the noise it is given.
 """
 
@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from idml_jax import names
 from idml_jax.ops import squared_distances, top_k
 
-# Row blocks of the tiled neighbour pass: ~1.5k classes keep each [block, half·block] tile
+# Row blocks of the tiled neighbor pass: ~1.5k classes keep each [block, half·block] tile
 # under ~32 MB, above which XLA:CPU page-faults its buffers on every call (BENCHMARKS.md).
 TILE_ROWS = 1536
 # Below this many classes the dense C×C reference path is used (it is also the readable one).
@@ -32,7 +33,9 @@ _TINY = 1e-30
 
 # ``synthesize(root=...)``: the paper draws every copy from Sigma^(1/2); the official code
 # re-applies the square root in its loop, so copy m (from 0) uses Sigma^(1/2^(m+1)).
-SYNTHESIS_ROOTS = ("paper", "official")
+# iaa.synthesis_root -> the root of Sigma that copy m (0-based) is drawn with.
+SYNTHESIS_ROOTS = {"paper": "Sigma^(1/2) for every copy",
+                   "official": "Sigma^(1/2^(m+1)), the official loop's repeated .sqrt()"}
 
 
 @flax.struct.dataclass
@@ -124,9 +127,9 @@ def _normalise(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
   return jnp.where(span > 0, (jnp.sqrt(sq_at) - lo) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
-def _neighbour_weights(counts_nbr, sq_m, lo_m, hi_m, sq_c, lo_c, hi_c, valid, sigma_mean,
+def _neighbor_weights(counts_nbr, sq_m, lo_m, hi_m, sq_c, lo_c, hi_c, valid, sigma_mean,
                        sigma_cov):
-  """``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))`` of each row's K neighbours. [b, K]."""
+  """``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))`` of each row's K neighbors. [b, K]."""
   dm, dc = _normalise(sq_m, lo_m, hi_m), _normalise(sq_c, lo_c, hi_c)
   w = counts_nbr * jnp.exp(-jnp.square(dm) / (2 * sigma_mean**2)
                            - jnp.square(dc) / (2 * sigma_cov**2))
@@ -144,12 +147,12 @@ def _dense_neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Ar
   valid = (b > 1)[None, :] & ~jnp.eye(num_classes, dtype=bool)
   neg_sq, nbr = jax.lax.top_k(jnp.where(valid, -sq_m, -jnp.inf), min(num_neighbors, num_classes))
   at = lambda x: jnp.take_along_axis(x, nbr, axis=1)
-  w = _neighbour_weights(b[nbr], at(sq_m), *_masked_extremes(sq_m, valid, 1), at(sq_c),
+  w = _neighbor_weights(b[nbr], at(sq_m), *_masked_extremes(sq_m, valid, 1), at(sq_c),
                          *_masked_extremes(sq_c, valid, 1), neg_sq > -jnp.inf, sigma_mean,
                          sigma_cov)
   total = jnp.sum(w, axis=1, keepdims=True)
   cov_nb = jnp.einsum("ck,ckd->cd", w, covariance[nbr]) / jnp.maximum(total, _TINY)
-  return jnp.where(total > 0, cov_nb, covariance)  # No eligible neighbour: its own.
+  return jnp.where(total > 0, cov_nb, covariance)  # No eligible neighbor: its own.
 
 
 def neighbor_covariance(mean: jax.Array, covariance: jax.Array, counts: jax.Array, *,
@@ -157,17 +160,17 @@ def neighbor_covariance(mean: jax.Array, covariance: jax.Array, counts: jax.Arra
                         sigma_cov: float = 1.0, dense: bool | None = None) -> jax.Array:
   """``Sigma_k^nb``: covariance borrowed from each class's K nearest classes (§2.2).
 
-  Neighbours are the classes ``j != k`` with ``b_j > 1`` nearest in
+  Neighbors are the classes ``j != k`` with ``b_j > 1`` nearest in
   ``Dm_kj = ||m_k² - m_j²||``; weights ``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))``
   with ``Dcv_kj = ||Sigma_k - Sigma_j||`` and ``~`` a min-max normalisation over the
-  valid entries of row k. A class with no eligible neighbour keeps its own covariance.
+  valid entries of row k. A class with no eligible neighbor keeps its own covariance.
 
   Args:
     mean: [C, D]; covariance: [C, D]; counts: [C] counts ``b`` of the pass.
     dense: the C×C reference path (default: below ``DENSE_MAX_CLASSES`` classes) or the
       tiled one (same result, memory O(C · TILE_ROWS)).
   Returns:
-    [C, D] neighbour covariance.
+    [C, D] neighbor covariance.
   """
   if dense is None:
     dense = mean.shape[0] <= DENSE_MAX_CLASSES
@@ -209,7 +212,7 @@ def _tiled_neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Ar
   pad = lambda x, v=0.0: jnp.concatenate(
       [x, jnp.full((padded - num_classes,) + x.shape[1:], v, x.dtype)])
   mean_sq, cov = pad(jnp.square(mean)), pad(covariance)
-  eligible = pad(b > 1, False)  # Singletons and padding are nobody's neighbour.
+  eligible = pad(b > 1, False)  # Singletons and padding are nobody's neighbor.
   twice = lambda x: jnp.concatenate([x, x])  # Columns wrap around.
   mean_sq2, cov2, eligible2 = twice(mean_sq), twice(cov), twice(eligible)
   ids2 = twice(jnp.arange(padded))
@@ -257,7 +260,7 @@ def _tiled_neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Ar
     ids = sl(nbr)
     cov_nbr = cov[ids]  # [block, k, D]
     sq_c = jnp.sum(jnp.square(sl(cov)[:, None, :] - cov_nbr), axis=-1)
-    w = _neighbour_weights(b[jnp.minimum(ids, num_classes - 1)],
+    w = _neighbor_weights(b[jnp.minimum(ids, num_classes - 1)],
                            jnp.maximum(-sl(neg_sq_m), 0.0), sl(lo_m), sl(hi_m), sq_c, sl(lo_c),
                            sl(hi_c), sl(nbr_valid), sigma_mean, sigma_cov)
     total = jnp.sum(w, axis=1, keepdims=True)
@@ -266,7 +269,7 @@ def _tiled_neighbor_covariance(mean: jax.Array, covariance: jax.Array, b: jax.Ar
   cov_nb, has_nbr = jax.lax.map(weighted, jnp.arange(nb))
   cov_nb = cov_nb.reshape(padded, dim)[:num_classes]
   has_nbr = has_nbr.reshape(padded)[:num_classes]
-  # A class with no eligible neighbour keeps its own covariance here.
+  # A class with no eligible neighbor keeps its own covariance here.
   return jnp.where(has_nbr[:, None], cov_nb, covariance)
 
 
@@ -327,8 +330,7 @@ def synthesize(noise: jax.Array, embeddings: jax.Array, labels: jax.Array,
     ``(synthetic, synthetic_labels)``: [num B, D] and [num B], copy ``m`` of sample ``i`` at
     ``m B + i``.
   """
-  if root not in SYNTHESIS_ROOTS:
-    raise ValueError(f"Unknown synthesis root {root!r}; valid: {SYNTHESIS_ROOTS}.")
+  names.lookup(SYNTHESIS_ROOTS, root, "synthesis root")
   num = noise.shape[0]
   var = jnp.maximum(covariance[labels], 0.0)[None]  # [1, B, D]
   if root == "paper":
@@ -339,10 +341,13 @@ def synthesize(noise: jax.Array, embeddings: jax.Array, labels: jax.Array,
   return z_syn.reshape(-1, embeddings.shape[1]), jnp.tile(labels, num)
 
 
-def strength_schedule(strength: float, epoch: int | jax.Array, total_epochs: int) -> jax.Array:
+def strength_schedule(strength: float, epoch: int, total_epochs: int) -> float:
   """``lambda_e`` for epoch ``epoch`` (counted from 0): ``lambda`` × 1.0 / 0.9 / 0.75 / 0.6 at
   training progress ``(epoch + 1) / total`` <= 0.4 / 0.6 / 0.8 / after — the paper's epochs
-  counted from 1, as the official ``lamda_epoch`` counts them."""
-  r = (jnp.asarray(epoch, jnp.float32) + 1) / total_epochs
-  factor = jnp.where(r <= 0.4, 1.0, jnp.where(r <= 0.6, 0.9, jnp.where(r <= 0.8, 0.75, 0.6)))
-  return strength * factor
+  counted from 1, as the official ``lamda_epoch`` counts them. A host-side schedule (Python
+  numbers, compared exactly in integers): the train loop never reads a device value for it."""
+  progress_tenths = 10 * (int(epoch) + 1)  # 10 (epoch + 1) <= 4 total  <=>  r <= 0.4
+  for bound, factor in ((4, 1.0), (6, 0.9), (8, 0.75)):
+    if progress_tenths <= bound * total_epochs:
+      return strength * factor
+  return strength * 0.6

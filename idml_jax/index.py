@@ -1,4 +1,4 @@
-"""A persistent gallery index: nearest neighbours, calibrated decisions, ISM re-ranking.
+"""A persistent gallery index: nearest neighbors, calibrated decisions, ISM re-ranking.
 
     index = GalleryIndex(gallery["semantic"], gallery["names"], gallery["labels"],
                          gallery["uncertainty_norm"])
@@ -6,12 +6,13 @@
     index = GalleryIndex.load("runs/demo/index")        # no re-embedding, no rebuild
     matches = index.query(queries["semantic"], k=5, uncertainty_norm=queries["uncertainty_norm"])
 
-Search is cosine similarity over the L2-normalised gallery: ScaNN (exact brute force, or
-``approximate``: partitioning + anisotropic quantisation + exact re-ordering) on CPU hosts,
-the exact JAX search tiled over queries × gallery on accelerators (``idml_jax.platform``).
+Search is cosine similarity over the L2-normalised gallery, with a back-end of
+``evaluation.SEARCH_BACKENDS``: ScaNN (``scann``: exact brute force; ``scann_ah``:
+partitioning + anisotropic quantisation + exact re-ordering) on CPU hosts, the exact JAX
+search (``jax``) tiled over queries × gallery on accelerators (``idml_jax.platform``).
 ``query`` adds, per query, its uncertainty and — once :mod:`idml_jax.calibrate` has
 stored thresholds — a match / no_match / abstain decision with its reason. ``rerank=True``
-re-scores the top-k cosine neighbours with the pairwise introspective similarity (both
+re-scores the top-k cosine neighbors with the pairwise introspective similarity (both
 sides' uncertainties; ``similarity.introspective_similarity``) and re-orders them.
 
 A saved index is a folder: ``index.json`` (format, sizes, ISM parameters, the checkpoint it
@@ -35,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from idml_jax import names as names_lib
 from idml_jax import platform, similarity
 from idml_jax.evaluation.inputs import check_finite
-from idml_jax.evaluation.knn import drop_self, jax_search, scann_searcher
+from idml_jax.evaluation.knn import SEARCH_BACKENDS, drop_self, jax_search, scann_searcher
 from idml_jax.ops import l2_normalize_np
 
 FORMAT = 1
-SEARCH_BACKENDS = ("scann", "jax")
 
 
 @dataclasses.dataclass
@@ -83,7 +84,7 @@ class IndexFileError(ValueError):
 
 @dataclasses.dataclass
 class Matches:
-  """Per query [Q] (neighbours [Q, k], best first): gallery ``indices``, ``scores``
+  """Per query [Q] (neighbors [Q, k], best first): gallery ``indices``, ``scores``
   (cosine, or the ISM after re-ranking), ``names``, ``labels`` (None without), the query's
   ``uncertainty`` (None without), ``decision`` and ``reason`` (empty strings before
   calibration)."""
@@ -101,7 +102,7 @@ class Matches:
     out = []
     for q in range(len(self.indices)):
       rec = {"query": str(query_names[q]) if query_names is not None else q,
-             "neighbours": [{"name": str(n), "score": round(float(s), 5),
+             "neighbors": [{"name": str(n), "score": round(float(s), 5),
                              **({"label": str(lab)} if self.labels is not None else {})}
                             for n, s, lab in zip(self.names[q], self.scores[q],
                                                  self.labels[q] if self.labels is not None
@@ -126,7 +127,7 @@ class GalleryIndex:
   """Gallery embeddings [N, D] (semantic, as embedded) with their metadata, searchable."""
 
   def __init__(self, embeddings: np.ndarray, names=None, labels=None, uncertainty_norm=None, *,
-               approximate: bool = False, max_k: int = 100, backend: str | None = None,
+               max_k: int = 100, backend: str | None = None,
                ism: dict | None = None, source: dict | None = None):
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or len(embeddings) == 0:
@@ -143,10 +144,9 @@ class GalleryIndex:
                       ("uncertainty_norm", self.uncertainty_norm)):
       if arr is not None and len(arr) != n:
         raise ValueError(f"{what} has {len(arr)} entries for {n} gallery embeddings.")
-    self.approximate, self.max_k_requested = approximate, max_k
+    self.max_k_requested = max_k
     self.backend = backend or platform.defaults().search_backend
-    if self.backend not in SEARCH_BACKENDS:
-      raise ValueError(f"Unknown search backend {self.backend!r}; valid: {SEARCH_BACKENDS}.")
+    names_lib.lookup(SEARCH_BACKENDS, self.backend, "search back-end")
     self.ism = {"a": 4.0, "b": 5.0, "semantic_distance": "raw", **(ism or {})}
     self.source = source or {}
     self.thresholds: Thresholds | None = None
@@ -166,8 +166,8 @@ class GalleryIndex:
     return len(self.names)
 
   def _build(self) -> None:
-    self._searcher = (scann_searcher(self.embeddings, self.max_k, self.approximate)
-                      if self.backend == "scann" else None)
+    self._searcher = (None if self.backend == "jax" else scann_searcher(
+        self.embeddings, self.max_k, approximate=self.backend == "scann_ah"))
 
   def add(self, embeddings: np.ndarray, names=None, labels=None, uncertainty_norm=None) -> None:
     """Appends gallery items (the same model's embeddings; metadata as the gallery has it)
@@ -202,7 +202,7 @@ class GalleryIndex:
     queries = np.asarray(queries, np.float32)
     if not 0 < k <= self.max_k:
       raise ValueError(f"k={k} must be in 1..{self.max_k} (the gallery has {len(self)} items; "
-                       "the index was built for that many neighbours).")
+                       "the index was built for that many neighbors).")
     if queries.ndim != 2 or queries.shape[1] != self.dim:
       raise ValueError(f"The queries must be [Q, {self.dim}] like the gallery; got shape "
                        f"{queries.shape}. Were they embedded by the same model?")
@@ -217,7 +217,7 @@ class GalleryIndex:
 
   def rerank(self, queries: np.ndarray, query_uncertainty: np.ndarray, indices: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-scores neighbours [Q, k] with the pairwise ISM (``du = ||u_q||² + ||u_g||²``, dmu
+    """Re-scores neighbors [Q, k] with the pairwise ISM (``du = ||u_q||² + ||u_g||²``, dmu
     from raw or normalised embeddings as the model was trained) and re-orders them (ties
     keep the cosine order)."""
     if self.uncertainty_norm is None:
@@ -239,7 +239,7 @@ class GalleryIndex:
 
   def query(self, queries: np.ndarray, k: int = 5, uncertainty_norm: np.ndarray | None = None,
             *, rerank: bool = False, exclude_self: bool = False) -> Matches:
-    """Neighbours, scores, the queries' uncertainty and (calibrated) decisions.
+    """Neighbors, scores, the queries' uncertainty and (calibrated) decisions.
 
     ``exclude_self``: the queries are the gallery itself, each one's own entry left out.
     """
@@ -284,7 +284,7 @@ class GalleryIndex:
       with open(assets, "w") as f:
         f.write(text)
     meta = {"format": FORMAT, "size": len(self), "dim": self.dim,
-            "approximate": self.approximate, "max_k": self.max_k_requested,
+            "max_k": self.max_k_requested,
             "backend": self.backend, "ism": self.ism, "source": self.source,
             "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
             "arrays_crc32": _crc(os.path.join(tmp, "arrays.npz"))}
@@ -322,13 +322,15 @@ class GalleryIndex:
     self.names = arrays["names"]
     self.labels = arrays.get("labels")
     self.uncertainty_norm = arrays.get("uncertainty_norm")
-    self.approximate, self.max_k_requested = meta["approximate"], meta["max_k"]
-    self.backend = backend or meta["backend"]
+    self.max_k_requested = meta["max_k"]
+    saved = "scann_ah" if meta.get("approximate") else meta["backend"]  # Older index.json.
+    self.backend = backend or saved
+    names_lib.lookup(SEARCH_BACKENDS, self.backend, "search back-end")
     self.ism, self.source = meta["ism"], meta["source"]
     self.thresholds = (None if meta["thresholds"] is None
                        else Thresholds.from_dict(meta["thresholds"]))
     scann_dir = os.path.join(directory, "scann")
-    if self.backend == "scann" and os.path.isdir(scann_dir):
+    if self.backend == saved != "jax" and os.path.isdir(scann_dir):
       import scann
       self._searcher = scann.scann_ops_pybind.load_searcher(scann_dir)
       if self._searcher.size() != len(self.names):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import re
 import sys
 
 from absl import app, flags
@@ -91,23 +90,25 @@ def main(argv):
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad ``--config.key=value`` (a key the config does not have,
-  a value of the wrong type) reported in one line instead of chained tracebacks."""
+  """absl's flag parsing, with an override of a key the schema does not have (a typo, or a
+  key of an older schema) reported in one line naming the key to use."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    text = str(e).replace("\\n", "\n").replace('\\"', '"').replace("\\'", "'")
+  except (AttributeError, KeyError) as e:
+    from idml_jax import config as config_lib
+
+    schema = config_lib.flatten(config_lib.default_config())
     keys = [a.split("=")[0].removeprefix("--config.") for a in argv if a.startswith("--config.")]
-    bad = next((k for k in keys if f"'{k.split('.')[-1]}'" in text), None)
-    if bad is None:
-      raise  # Not an override's fault: the config file itself (a real traceback helps).
-    hint = re.search(r"(Did you mean [^?]*\?)", text)
-    sys.exit(f"FATAL Flags parsing error: --config.{bad}: the config has no such key"
-             + (f" ({hint.group(1)})" if hint else "") + ". The valid keys are those of "
-             "idml_jax/config.py's default_config; the config file's docstring lists its "
-             "arguments.")
+    free = [k for k in keys if any(k.startswith(f + ".") for f in config_lib.FREE_KEYS)]
+    unknown = [config_lib.unknown_key(k) for k in keys if k not in schema and k not in free]
+    if not unknown and free:  # ml_collections cannot add a key from the command line.
+      unknown = [f"{k}: not set by the config file (only its keys can be overridden; set it "
+                 f"in the config file)" for k in free]
+    if not unknown:
+      raise e from None  # Not an override's fault: the config file itself (a traceback helps).
+    sys.exit("FATAL Flags parsing error: " + "; ".join(f"--config.{u}" for u in unknown) + ".")
 
 
 def run():

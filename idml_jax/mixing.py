@@ -1,9 +1,11 @@
-"""Data mixing for classification: Mixup and CutMix, per global batch, inside the jitted step.
+"""Image mixing, Mixup and CutMix, per global batch, inside the jitted step (``mixing.kind``;
+both tasks: retrieval's IDML Mixup and classification's rows).
 
 The random draws of a step (:func:`draw`: ``lam``, the permutation, CutMix's box and whether
 it applies) are separate from their use (:func:`mix`), so a test can feed the same draws
-to a reference implementation. The loss is the label-mixed cross-entropy of the IDML
-classification code, ``lam CE(out, y) + (1 - lam) CE(out, y[perm])``.
+to a reference implementation. Classification's loss is the label-mixed cross-entropy of
+the IDML classification code, ``lam CE(out, y) + (1 - lam) CE(out, y[perm])``
+(:func:`mixed_cross_entropy`); retrieval mixes its metric loss the same way.
 
 CutMix (Yun et al. 2019) pastes the box ``[y1, y2) × [x1, x2)`` of ``images[perm]``: side
 ratio ``sqrt(1 - lam)`` around a uniform centre, clipped to the image, and ``lam`` is then
@@ -47,9 +49,9 @@ def mix(images: jax.Array, draws: dict[str, jax.Array],
         mixing: str) -> tuple[jax.Array, jax.Array]:
   """``(mixed images [B, H, W, C], lam)``: Mixup ``lam x + (1 - lam) x[perm]``, CutMix the
   pasted box (``lam`` corrected to its area; 1 when it does not apply), none unchanged."""
-  lam, perm = draws["lam"], draws["perm"]
   if mixing == "none":
     return images, jnp.float32(1.0)
+  lam, perm = draws["lam"], draws["perm"]
   if mixing == "mixup":
     return lam * images + (1 - lam) * images[perm], lam
   _, h, w, _ = images.shape
@@ -61,8 +63,11 @@ def mix(images: jax.Array, draws: dict[str, jax.Array],
 
 
 def mixed_cross_entropy(logits: jax.Array, labels: jax.Array, lam: jax.Array,
-                        perm: jax.Array) -> jax.Array:
-  """``mean(lam CE(logits, y) + (1 - lam) CE(logits, y[perm]))``; logits [B, C], labels [B]."""
+                        perm: jax.Array | None) -> jax.Array:
+  """``mean(lam CE(logits, y) + (1 - lam) CE(logits, y[perm]))``; logits [B, C], labels [B].
+  ``perm`` None (no mixing): ``mean(CE(logits, y))``."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))
   ce = lambda y: -jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
+  if perm is None:
+    return jnp.mean(ce(labels))
   return jnp.mean(lam * ce(labels) + (1 - lam) * ce(labels[perm]))

@@ -10,8 +10,10 @@ Warm-up: the backbone group is frozen for its first ``warmup_epochs`` (``--warm`
 official IDML code, which sets ``requires_grad=False``). torch's optimisers then skip the
 parameters entirely — no moments, no step count, no weight decay — so their first unfrozen
 step is a fresh step 1. :func:`frozen_until` does the same: while frozen, the group's
-updates are zero and its optimiser state does not advance. The learning-rate schedule
-counts global steps (``StepLR`` is stepped every epoch, frozen or not).
+updates are zero and its optimiser state does not advance. One clock decides the warm-up,
+:func:`in_warmup` of the global step: the optimiser's freeze and the train step's
+``stop_gradient`` through the backbone both ask it. The learning-rate schedule counts
+global steps (``StepLR`` is stepped every epoch, frozen or not).
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict], optax.GradientTransf
 SCHEDULES = ("step", "multistep")
 
 
+def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """How many global steps the backbone stays frozen (``optimizer.warmup_epochs``)."""
+  return config.optimizer.warmup_epochs * steps_per_epoch
+
+
+def in_warmup(step, num_warmup_steps: int):
+  """Whether global step ``step`` (0-based; a Python int or a traced array) is in the
+  warm-up: the one clock of both the optimiser's freeze and the step's stop-gradient."""
+  return step < num_warmup_steps
+
+
 class FrozenUntilState(NamedTuple):
   count: jax.Array
   inner: optax.OptState
@@ -76,7 +89,7 @@ def frozen_until(inner: optax.GradientTransformation,
 
   def update(updates, state, params=None):
     new_updates, new_inner = inner.update(updates, state.inner, params)
-    frozen = state.count < num_steps
+    frozen = in_warmup(state.count, num_steps)  # count = the global step of this update.
     keep = lambda new, old: jnp.where(frozen, old, new)
     return (jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates),
             FrozenUntilState(state.count + 1, jax.tree.map(keep, new_inner, state.inner)))
@@ -124,7 +137,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params, steps_per_epoch: i
   opt = config.optimizer
   direction = names.lookup(OPTIMIZERS, opt.name, "optimizer")
   lr = learning_rate(config, steps_per_epoch)
-  warmup = opt.warmup_epochs * steps_per_epoch
+  warmup = warmup_steps(config, steps_per_epoch)
 
   def group(mult: float, frozen_steps: int = 0) -> optax.GradientTransformation:
     parts = [optax.clip(opt.clip_value)] if opt.clip_value > 0 else []

@@ -1,12 +1,12 @@
-"""Nearest neighbours of query images in a gallery, from ``idml_jax.embed`` outputs.
+"""Nearest neighbors of query images in a gallery, from ``idml_jax.embed`` outputs.
 
     python -m idml_jax.search --gallery=gallery.npz --save_index=runs/demo/index   # build once
     python -m idml_jax.calibrate --index=runs/demo/index [--target_precision=0.9]  # optional
     python -m idml_jax.search --index=runs/demo/index --queries=queries.npz --k=5 \\
-        [--rerank] [--out=neighbours.json]
+        [--rerank] [--out=neighbors.json]
     python -m idml_jax.search --gallery=gallery.npz [--queries=q.npz] --k=5   # one-off
 
-Per query: its neighbours (names, labels, cosine similarities — the ISM's with
+Per query: its neighbors (names, labels, cosine similarities — the ISM's with
 ``--rerank``), its uncertainty and, once calibrated, a match / no_match / abstain decision
 with its reason (:mod:`idml_jax.calibrate`). Without ``--queries`` the gallery queries
 itself, each image's own entry left out. The index itself is :class:`idml_jax.index.
@@ -21,6 +21,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from idml_jax.evaluation import SEARCH_BACKENDS
 from idml_jax.index import GalleryIndex
 
 _GALLERY = flags.DEFINE_string("gallery", None, "Gallery .npz (from idml_jax.embed).")
@@ -29,13 +30,12 @@ _SAVE = flags.DEFINE_string("save_index", None, "Build the index from --gallery 
                             "here.")
 _QUERIES = flags.DEFINE_string("queries", None, "Query .npz (default: the gallery itself, "
                                "each image's own entry left out).")
-_K = flags.DEFINE_integer("k", 5, "Neighbours per query.")
-_APPROX = flags.DEFINE_bool("approximate", False, "Partitioned + quantised index (large "
-                            "galleries) instead of exact brute force.")
+_K = flags.DEFINE_integer("k", 5, "Neighbors per query.")
 _RERANK = flags.DEFINE_bool("rerank", False, "Re-score the top-k with the pairwise "
                             "introspective similarity (IDML models).")
-_BACKEND = flags.DEFINE_enum("backend", None, ["scann", "jax"], "Search back-end (default: "
-                             "ScaNN on CPU hosts, exact JAX on accelerators).")
+_BACKEND = flags.DEFINE_enum("backend", None, list(SEARCH_BACKENDS), "Search back-end: scann "
+                             "(exact), scann_ah (partitioned + quantised, large galleries), jax "
+                             "(exact; default: scann on CPU hosts, jax on accelerators).")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
 
@@ -49,7 +49,6 @@ def _gallery_index(path: str) -> GalleryIndex:
           "semantic_distance": str(g["semantic_distance"])} if "ism_a" in g else None)
   source = {k: str(g[k]) for k in ("workdir", "checkpoint", "step") if k in g}
   return GalleryIndex(g["semantic"], g["names"], _opt(g, "labels"), _opt(g, "uncertainty_norm"),
-                      approximate=_APPROX.value,
                       max_k=max(_K.value + 1, 100), backend=_BACKEND.value, ism=ism,
                       source=source)
 
@@ -89,7 +88,7 @@ def main(argv):
   for r in results[:20]:
     decided = f" [{r['decision']}: {r['reason']}]" if "decision" in r else ""
     print(r["query"], "->", ", ".join(f"{n['name']} ({n['score']:.3f})"
-                                       for n in r["neighbours"]) + decided)
+                                       for n in r["neighbors"]) + decided)
   if len(results) > 20:
     print(f"... {len(results) - 20} more queries" + (f" in {_OUT.value}" if _OUT.value else ""))
   if index.thresholds is not None:

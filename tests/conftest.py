@@ -17,6 +17,7 @@ import jax  # noqa: E402, F401  (initialised with the settings above)
 import ml_collections  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
+from idml_jax import config_files  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -24,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
   """``configs/<name>``'s ``get_config(arg)``."""
   spec = os.path.join(ROOT, "configs", name)
-  return config_lib.from_file(f"{spec}:{arg}" if arg else spec)
+  return config_files.from_file(f"{spec}:{arg}" if arg else spec)
 
 
 def override(c: ml_collections.ConfigDict, **kw) -> ml_collections.ConfigDict:
@@ -39,9 +40,11 @@ def override(c: ml_collections.ConfigDict, **kw) -> ml_collections.ConfigDict:
 
 
 def tiny(method="idml+iaa", loss="multi_similarity", **kw) -> ml_collections.ConfigDict:
-  """A seconds-long retrieval config on the digits (16 px, 16-d, 2 epochs × 2 steps)."""
-  c = config_lib.runlocal(config_lib.default_config())
+  """A seconds-long retrieval config on the digits (16 px, 16-d, 2 epochs × 2 steps); IDML
+  methods with their Mixup."""
+  c = config_files.runlocal(config_lib.default_config())
   c.method, c.loss.name = method, loss
+  c.mixing.kind = "mixup" if config_lib.uses_idml(method) else "none"  # IDML's Mixup.
   c.data.source, c.data.name = "demo", "digits"
   c.data.image_size = c.data.resize_size = 16
   c.data.num_threads = 2

@@ -19,11 +19,15 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny
 
-from idml_jax import config as config_lib
 from idml_jax import data
 from idml_jax.data.sources import ArraySource
 from idml_jax.train import loop
-from idml_jax.train.checkpoint import CheckpointError, Checkpoints, Workdir
+from idml_jax.train.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    ConfigMismatchError,
+    Workdir,
+)
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 
@@ -134,9 +138,9 @@ def test_resuming_with_a_changed_config_is_refused_before_touching_anything(refe
   run = _copy(reference, tmp_path)
   before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
   key = next(iter(change)).replace("__", ".")
-  with pytest.raises(config_lib.ConfigMismatchError, match=rf"{key} .* -> .*new --workdir"):
+  with pytest.raises(ConfigMismatchError, match=rf"{key} .* -> .*new --workdir"):
     loop.train_and_evaluate(_config(**change), str(run))
-  with pytest.raises(config_lib.ConfigMismatchError):
+  with pytest.raises(ConfigMismatchError):
     loop.evaluate_only(_config(**change), str(run))
   assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # Nothing written.
 
@@ -212,7 +216,19 @@ def test_uncertainty_figure_draws_a_constant_or_unit_norm_uncertainty(tmp_path, 
   u = np.float32(1.0) + np.float32(spread) * np.arange(12, dtype=np.float32)
   emb = {"uncertainty_norm": u, "failed": np.arange(12) % 3 == 0}
   assert figures.uncertainty_vs_error(Workdir(str(tmp_path)), emb) is not None
-  assert (tmp_path / "uncertainty_vs_error.png").exists()
+  assert (tmp_path / "uncertainty_vs_error.png").stat().st_size > 0
+  hist, bars = figures.uncertainty_figure(emb).axes
+  assert sum(p.get_height() for p in hist.patches) == 12  # Every image in the histogram.
+  heights = np.asarray([p.get_height() for p in bars.patches])
+  if spread == 0:  # One value: every image in the last quantile bin, 4 of 12 failed.
+    np.testing.assert_array_equal(np.isnan(heights), [True] * 4 + [False])
+    assert heights[-1] == pytest.approx(4 / 12)
+  else:  # Ordered by u = index: bins of the 12 images by quantile, each bar its failure rate.
+    fails = (np.arange(12) % 3 == 0).astype(float)
+    edges = np.quantile(u.astype(np.float64), np.linspace(0, 1, 6))
+    want = [fails[(u >= lo) & ((u < hi) if b < 4 else (u <= hi))].mean()
+            for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True))]
+    np.testing.assert_allclose(heights, want)
 
 
 def test_evaluation_refuses_non_finite_embeddings_naming_the_checkpoint(reference, tmp_path,
@@ -287,8 +303,10 @@ def test_a_kill_or_a_full_disk_mid_save_loses_nothing(main_reference, tmp_path, 
 
 
 @pytest.mark.parametrize("args, expect", [
-    (["--config.foo=1"], "--config.foo: the config has no such key"),
-    (["--config.model.embeding_dim=3"], 'Did you mean "embedding_dim"'),
+    (["--config.foo=1"], "--config.foo: no such key"),
+    (["--config.model.embeding_dim=3"], "did you mean model.embedding_dim"),
+    (["--config.idml.a=3"], "--config.idml.a was renamed: use ism.a"),
+    (["--config.classification.mixing=cutmix"], "renamed: use mixing.kind"),
     (["--config.model.pooling=median"], "model.pooling: Unknown value 'median'"),
 ])
 def test_bad_flags_end_in_one_or_two_lines(tmp_path, args, expect):

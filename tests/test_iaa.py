@@ -82,7 +82,7 @@ def _stats(seed=1, c=30, d=4):
   rng = np.random.default_rng(seed)
   mean, cov = rng.standard_normal((c, d)), rng.random((c, d))
   b = rng.integers(1, 60, c).astype(float)
-  b[3] = 1  # A singleton class: corrected, but never anyone's neighbour.
+  b[3] = 1  # A singleton class: corrected, but never anyone's neighbor.
   return mean, cov, b, iaa.ClassStats(jnp.float32(mean), jnp.float32(cov), jnp.float32(b),
                                       jnp.float32(b), jnp.float32(cov))
 

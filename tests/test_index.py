@@ -1,4 +1,4 @@
-"""Calibrated matching with abstention, the persistent index and ISM re-ranking (issue 16)."""
+"""Calibrated matching with abstention, the persistent index and ISM re-ranking."""
 
 import json
 import os
@@ -95,7 +95,7 @@ def _gallery(n=300, d=16, seed=0):
   return emb, labels.astype(str), rng.random(n), np.array([f"img{i}.jpg" for i in range(n)])
 
 
-def test_index_round_trip_keeps_neighbours_and_decisions(tmp_path):
+def test_index_round_trip_keeps_neighbors_and_decisions(tmp_path):
   emb, labels, unc, names = _gallery()
   index = GalleryIndex(emb[:250], names[:250], labels[:250], unc[:250], max_k=20,
                        backend="scann", source={"checkpoint": "ckpt/7"})

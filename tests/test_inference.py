@@ -69,7 +69,7 @@ def test_gallery_index_equals_brute_force(approximate):
   centers = rng.standard_normal((50, 24))
   gallery = centers[rng.integers(0, 50, 1500)] + 0.3 * rng.standard_normal((1500, 24))
   queries = centers[rng.integers(0, 50, 30)] + 0.3 * rng.standard_normal((30, 24))
-  index = GalleryIndex(gallery, approximate=approximate, max_k=10, backend="scann")
+  index = GalleryIndex(gallery, max_k=10, backend="scann_ah" if approximate else "scann")
   scores, idx = index.search(queries, 5)
   g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
   q = queries / np.linalg.norm(queries, axis=1, keepdims=True)

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from idml_jax import config as config_lib
+from idml_jax import config_files
 from idml_jax.train.checkpoint import Checkpoints, Workdir
 from idml_jax.train.steps import Steps, make_mesh
 
@@ -45,7 +46,7 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 def _config():
-  c = config_lib.from_file(CONFIG)
+  c = config_files.from_file(CONFIG)
   c.num_epochs, c.max_steps_per_epoch = 1, 3
   config_lib.validate(c)
   return c

@@ -8,6 +8,7 @@ keep an anchor's own copies out of its positives, and the three-term Mixup.
 import itertools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import naive
@@ -15,9 +16,18 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from idml_jax.train import objective
+from idml_jax import tasks
+from idml_jax.tasks import retrieval
 
 B, D, M, C = 8, 5, 2, 4
+
+
+class _Identity(nn.Module):
+  """A backbone whose pooled features are its input: the heads alone."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x
 
 
 def _model(with_uncertainty: bool):
@@ -84,7 +94,7 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
 
   def one_pass(mu, u, y, boost):
     if config.loss.name == "proxy_anchor":  # dmu = ||mu-hat - p||² (raw proxies).
-      if config.idml.semantic_distance == "normalized":
+      if config.ism.semantic_distance == "normalized":
         mu = mu / np.linalg.norm(mu, axis=1, keepdims=True)
       return naive.proxy_anchor(_naive_similarity(mu, u, params["proxies"], None), y)
     cand_mu, cand_u, cand_y, source = mu, u, y, list(range(len(y)))
@@ -95,14 +105,14 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
       cand_u = None if u is None else np.concatenate([u] + [u] * M)  # Inherited.
       cand_y = np.concatenate([y] * (1 + M))
       source = list(range(len(y))) * (1 + M)
-    if config.idml.semantic_distance == "normalized":  # dmu from mu-hat (synthetic too).
+    if config.ism.semantic_distance == "normalized":  # dmu from mu-hat (synthetic too).
       mu, cand_mu = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (mu, cand_mu))
     sim = _naive_similarity(mu, u, cand_mu, cand_u)
     return _naive_pair_loss(config.loss.name, sim, y, cand_y, source)
 
   mu, u = embed(images)
   loss = one_pass(mu, u, labels, synthesize)
-  if idml:
+  if config.mixing.kind == "mixup":
     lam, perm = float(draws["lam"]), draws["perm"]
     mu_x, u_x = embed(lam * images + (1 - lam) * images[perm])
     loss += lam * one_pass(mu_x, u_x, labels, False) + (1 - lam) * one_pass(
@@ -119,17 +129,17 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
 def test_total_loss_matches_a_naive_loop(method, loss, synthesize):
   loss, _, distance = loss.partition(":")  # ":raw": dmu from the raw mu.
   config = tiny(method=method, loss=loss, iaa__num_synthetic=M, model__embedding_dim=D,
-                idml__semantic_distance=distance or "normalized")
+                ism__semantic_distance=distance or "normalized")
   images, labels, params, cov, draws = _setup()
   stats = type("Stats", (), {"synthesis_covariance": jnp.float32(cov)})()
   as32 = lambda t: jax.tree.map(jnp.float32, t)
 
   @jax.jit
   def total(params, images, labels, draws):
-    return objective.total_loss(config, _model(method in ("idml", "idml+iaa")), params, images,
-                                labels,
-                                {**draws, "perm": draws["perm"].astype(jnp.int32)}, stats,
-                                jnp.float32(0.72), synthesize)[0]
+    return tasks.get_task(config).loss(
+        config, _model(method in ("idml", "idml+iaa")), params, images, labels,
+        {**draws, "perm": draws["perm"].astype(jnp.int32)}, stats, jnp.float32(0.72),
+        synthesize)[0]
 
   got = float(total(as32(params), jnp.float32(images), jnp.asarray(labels), as32(draws)))
   want = _naive_objective(config, images, labels, params, cov, draws, 0.72, synthesize)
@@ -139,13 +149,16 @@ def test_total_loss_matches_a_naive_loop(method, loss, synthesize):
 
 def test_step_draws_are_keyed_and_shaped():
   config = tiny(method="idml+iaa")
-  draws = objective.step_draws(config, jax.random.PRNGKey(3), 16, 16)
+  draws = tasks.step_draws(config, jax.random.PRNGKey(3), 16)
   assert set(draws) == {"lam", "perm", "noise"}
   assert draws["noise"].shape == (config.iaa.num_synthetic, 16, config.model.embedding_dim)
   assert sorted(np.asarray(draws["perm"]).tolist()) == list(range(16))
-  again = objective.step_draws(config, jax.random.PRNGKey(3), 16, 16)
+  again = tasks.step_draws(config, jax.random.PRNGKey(3), 16)
   jax.tree.map(np.testing.assert_array_equal, draws, again)
-  assert set(objective.step_draws(tiny(method="baseline"), jax.random.PRNGKey(3), 16, 16)) == set()
+  assert set(tasks.step_draws(tiny(method="baseline"), jax.random.PRNGKey(3), 16)) == set()
+  # Mixing is the config's, whatever the method: a baseline with Mixup draws it too.
+  assert set(tasks.step_draws(tiny(method="baseline", mixing__kind="mixup"),
+                              jax.random.PRNGKey(3), 16)) == {"lam", "perm"}
 
 
 @pytest.mark.parametrize("variant", ["default", "official"])
@@ -162,23 +175,27 @@ def test_the_ism_gets_what_the_difference_table_says(variant):
   variables = model.init(jax.random.PRNGKey(1), x)
   out = model.apply(variables, x)
   mu = out["semantic"]
-  np.testing.assert_allclose(objective._ism_inputs(c, mu),
+  np.testing.assert_allclose(retrieval.ism_inputs(c, mu),
                              mu / np.linalg.norm(mu, axis=1, keepdims=True), rtol=1e-5)
   norms = np.linalg.norm(out["uncertainty"], axis=1)
   if variant == "official":
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
   else:
     assert np.all(out["uncertainty"] >= 0) and np.all(norms < 1) and np.ptp(norms) > 0
-    # The head reads h-hat: an image whose pooled features only scale gets the same u.
-    from idml_jax.models.embedding import relu_bounded
-    w = variables["params"]["uncertainty"]["kernel"]
-    h = np.random.default_rng(0).standard_normal((1, w.shape[0])).astype(np.float32)
-    head = lambda v: relu_bounded(v / np.linalg.norm(v) @ w
-                                  + variables["params"]["uncertainty"]["bias"])
-    np.testing.assert_allclose(head(h), head(7 * h), rtol=1e-5)
+  # The real model on pooled features h and 7h (an identity backbone, the trained heads): the
+  # default head reads h-hat, so u is the same; the official one reads h, so it is not.
+  heads = tasks.get_task(c).make_model(c, _Identity(), 0)
+  h = np.random.default_rng(0).standard_normal((2, out["features"].shape[-1])).astype(np.float32)
+  head_vars = heads.init(jax.random.PRNGKey(1), h)
+  u_h, u_7h = (np.asarray(heads.apply(head_vars, x)["uncertainty"]) for x in (h, 7 * h))
+  assert np.ptp(u_h) > 0
+  if variant == "official":
+    assert np.max(np.abs(u_h - u_7h)) > 1e-3
+  else:
+    np.testing.assert_allclose(u_h, u_7h, rtol=1e-5, atol=1e-7)
   from idml_jax import similarity
 
-  m = objective._ism_inputs(c, jax.random.normal(jax.random.PRNGKey(2), mu.shape))  # Apart.
+  m = retrieval.ism_inputs(c, jax.random.normal(jax.random.PRNGKey(2), mu.shape))  # Apart.
 
   def ism_sum(params):
     u = model.apply({**variables, "params": params}, x)["uncertainty"]

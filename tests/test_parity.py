@@ -302,7 +302,7 @@ def test_classification_official_steps_equal_the_official_code():
   # one step, parameters where its layer-3/4 gradient is hypersensitive: parameters equal to
   # 1e-7 give gradients 2 % apart, in either framework.)
   c.optimizer.lr, c.optimizer.boundaries = 0.005, (1, 2, 3)
-  c.classification.cutmix_prob = 0.5
+  c.mixing.cutmix_prob = 0.5
   torch.manual_seed(2)
   net = torch_reference.resnet_tiny(small_images=True)
   model = ref.Classifier(net, net.num_features, classes, c.classification.uncertainty_dim)

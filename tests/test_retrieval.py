@@ -123,7 +123,7 @@ def test_normalisation_survives_values_whose_squares_overflow():
   np.testing.assert_allclose(got[0], [0.70710677, 0.70710677, 0], rtol=1e-6)
 
 
-def test_knn_backends_return_the_same_neighbours():
+def test_knn_backends_return_the_same_neighbors():
   x, _ = _data(4, n=80)
   x = l2_normalize_np(x)
   s0, i0 = knn.jax_search(x, x, 5, exclude_self=True, block_size=16)

@@ -132,6 +132,17 @@ def test_report_names_every_score_and_the_oracle_is_perfect():
   assert curves["oracle"]["eaurc"] == pytest.approx(0)
   assert len(curves["nearest"]["risk"]) == 100 and curves["nearest"]["risk"][-1] == \
       pytest.approx(1 - correct.mean())
-  # A one-item gallery has no second neighbour: no gap score.
+  # A one-item gallery has no second neighbor: no gap score.
   assert "gap" not in selective.confidence_scores(nearest_score=np.ones(3),
                                                   second_score=np.full(3, -np.inf))
+
+
+def test_eaurc_oracle_orders_fractional_outcomes():
+  """The oracle answers the best outcomes first, fractional ones too (MAP@R-like values): its
+  AURC is the mean of the prefix means of the risks sorted ascending, by a loop."""
+  correct = np.array([0.5, 0.9, 0.2, 1.0, 0.0, 0.3])
+  risks = sorted(1.0 - correct)
+  oracle_aurc = np.mean([np.mean(risks[:i]) for i in range(1, len(risks) + 1)])
+  out = selective.risk_coverage(np.arange(6.0), correct)
+  assert out["aurc"] - out["eaurc"] == pytest.approx(oracle_aurc, rel=1e-12)
+  assert out["eaurc"] >= 0

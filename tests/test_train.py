@@ -6,14 +6,17 @@ import os
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from conftest import load_config, tiny
 
 from idml_jax import config as config_lib
-from idml_jax import data, iaa
+from idml_jax import config_files, data, iaa
+from idml_jax.data.transforms import normalize
 from idml_jax.models import convert
-from idml_jax.train import loop, objective
+from idml_jax.tasks.retrieval import RetrievalTask
+from idml_jax.train import loop
 from idml_jax.train.checkpoint import Checkpoints, Workdir
 from idml_jax.train.state import make_model
 from idml_jax.train.steps import Steps, make_mesh, to_global
@@ -81,13 +84,33 @@ def _batch(mesh, n=16):
 
 
 def test_uncertainty_head_learns_in_idml_mode():
+  """The uncertainty head's gradient is the loss's (a central finite difference along it), and
+  the step moves the head against it (Adam's first step: -lr sign(g))."""
   c = tiny(method="idml", loss="proxy_anchor")
   state, steps = _state_and_steps(c, jax.devices()[:1])
-  before = jax.device_get(state.params["model"]["uncertainty"]["kernel"])
-  state, m = steps.train_step(state, _batch(steps.mesh)[1], 0.0, synthesize=False,
-                              train_backbone=True)
-  after = jax.device_get(state.params["model"]["uncertainty"]["kernel"])
-  assert np.abs(after - before).max() > 1e-6
+  batch = _batch(steps.mesh)[1]
+  draws = steps.draws(state.step, 16)
+  images, apply_fn = normalize(batch["image"], steps.spec), steps._apply(state.batch_stats, True)
+  model = state.params["model"]
+
+  def loss_of(kernel):
+    params = {**state.params, "model": {**model, "uncertainty": {**model["uncertainty"],
+                                                                 "kernel": kernel}}}
+    return steps.task.loss(c, apply_fn, params, images, batch["label"], draws,
+                           state.class_stats, 0.0, False)[0]
+
+  before = model["uncertainty"]["kernel"]
+  g = np.asarray(jax.grad(loss_of)(before))
+  direction, eps = g / np.linalg.norm(g), 1e-2
+  finite_difference = float(loss_of(before + eps * direction) - loss_of(before - eps * direction)
+                            ) / (2 * eps)
+  assert np.linalg.norm(g) > 1e-4
+  assert finite_difference == pytest.approx(np.linalg.norm(g), rel=0.05)
+  before = np.asarray(before)
+  state, m = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+  moved = np.asarray(jax.device_get(state.params["model"]["uncertainty"]["kernel"])) - before
+  big = np.abs(g) > 1e-3 * np.abs(g).max()
+  np.testing.assert_array_equal(np.sign(moved[big]), -np.sign(g[big]))
   assert float(m["uncertainty_norm"]) > 0 and 0 < float(m["ism_factor_mean"]) < 1
 
 
@@ -182,10 +205,10 @@ def test_iaa_synthesis_only_from_start_epoch(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
-  real = objective.total_loss
-  monkeypatch.setattr(objective, "total_loss",
+  real = RetrievalTask.loss
+  monkeypatch.setattr(RetrievalTask, "loss",
                       lambda *a, **kw: (real(*a, **kw)[0] * jnp.nan, real(*a, **kw)[1]))
-  with pytest.raises(loop.NonFiniteLossError, match="loss.* at step 1"):
+  with pytest.raises(loop.NonFiniteLossError, match="loss.* by step 1"):
     loop.train_and_evaluate(tiny(method="baseline", loss="contrastive"), str(tmp_path))
 
 
@@ -200,7 +223,8 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     (lambda c: c.data.update({"name": "mnist"}), "data.name: Unknown demo dataset 'mnist'"),
     (lambda c: c.eval.update({"kmeans": "faiss"}), "eval.kmeans: Unknown value 'faiss'; valid: "
                                                    "jax, jax_plain"),
-    (lambda c: c.update({"task": "classification", "method": "iaa"}), "baseline .plain"),
+    (lambda c: c.update({"task": "classification", "method": "iaa"}),
+     "trains method baseline or idml"),
     (lambda c: c.update({"task": "classification", "method": "idml"}), "data.sampler=.random."),
 ])
 def test_bad_config_rejected_before_work(change, match):
@@ -214,7 +238,22 @@ def test_unknown_config_key_rejected():
   c = config_lib.default_config()
   c.unlock()
   c.model.embeding_dim = 3
-  with pytest.raises(ValueError, match="unknown key 'model.embeding_dim'"):
+  with pytest.raises(ValueError, match="model.embeding_dim: no such key .did you mean "
+                                       "model.embedding_dim"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("old, new", [("idml.a", "ism.a"), ("idml.mixup", "mixing.kind"),
+                                      ("classification.mixing", "mixing.kind"),
+                                      ("classification.cutmix_prob", "mixing.cutmix_prob")])
+def test_old_config_keys_refused_with_the_new_name(old, new):
+  c = config_lib.default_config()
+  c.unlock()
+  group, key = old.split(".")
+  if group not in c:
+    c[group] = ml_collections.ConfigDict()
+  c[group][key] = 1.0
+  with pytest.raises(ValueError, match=f"{old} was renamed: use {new}"):
     config_lib.validate(c)
 
 
@@ -234,7 +273,7 @@ def test_paper_configs_validate(name, arg):
 @pytest.mark.parametrize("name, arg, match", [
     ("iaa.py", "cub,resnet-50", "Unknown config argument 'resnet-50'; valid words: dataset: cub"),
     ("iaa.py", "ms", "needs a dataset"),
-    ("idml_pa.py", "inshop", "Unknown config argument 'inshop'; valid words: dataset: cub, cars"),
+    ("idml_pa.py", "cub200", "Unknown config argument 'cub200'; valid words: dataset: cub, cars"),
     ("demo.py", "digit", "Unknown config argument 'digit'; valid words: flags: digits"),
     ("classification.py", "cifar10,idml_cutmx", "Unknown config argument 'idml_cutmx'"),
 ])
@@ -244,7 +283,7 @@ def test_config_arguments_refuse_unknown_words(name, arg, match):
 
 
 def test_parse_arg_groups_flags_and_explicit_values():
-  got = config_lib.parse_arg("sop, loss=contrastive,tfds", dataset=(None, ("cub", "sop")),
+  got = config_files.parse_arg("sop, loss=contrastive,tfds", dataset=(None, ("cub", "sop")),
                              loss=("ms", ("ms", "contrastive")), flags=("tfds", "official"))
   assert got.to_dict() == {"dataset": "sop", "loss": "contrastive", "tfds": True,
                            "official": False}
@@ -275,3 +314,31 @@ def test_a_relative_workdir_trains_and_resumes(tmp_path, monkeypatch):
   c.num_epochs += 1  # An allowed change: resumes from the relative path too.
   loop.train_and_evaluate(c, "runs/demo")
   assert os.path.exists(tmp_path / "runs" / "demo" / "results.json")
+
+
+def test_warmup_freezes_and_stops_gradients_on_one_clock_across_a_resume(tmp_path, monkeypatch):
+  """The backbone's stop-gradient and its optimiser freeze switch off at the same global step,
+  also when a run is resumed in the middle of the warm-up (2 epochs × 2 steps here)."""
+  calls = []
+  real_step = Steps.train_step
+
+  def record(self, state, batch, strength, *, synthesize, train_backbone):
+    before = jax.device_get(state.params["model"]["backbone"])
+    step = int(state.step)
+    state, metrics = real_step(self, state, batch, strength, synthesize=synthesize,
+                               train_backbone=train_backbone)
+    after = jax.device_get(state.params["model"]["backbone"])
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(after), jax.tree.leaves(before), strict=True))
+    calls.append((step, train_backbone, moved > 0))
+    return state, metrics
+
+  monkeypatch.setattr(Steps, "train_step", record)
+  c = tiny(method="baseline", loss="contrastive", optimizer__warmup_epochs=2,
+           optimizer__weight_decay=0.1, num_epochs=1)
+  loop.train_and_evaluate(c, str(tmp_path))  # Stops after step 2, inside the warm-up.
+  c.num_epochs = 3
+  loop.train_and_evaluate(c, str(tmp_path))  # Resumes at step 2.
+  assert [s for s, _, _ in calls] == list(range(6))
+  # (train_backbone, backbone moved): frozen both ways for 4 steps, then both on.
+  assert [(t, m) for _, t, m in calls] == [(False, False)] * 4 + [(True, True)] * 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 from idml_jax import names
 from idml_jax.data import demo, folders, specs, transforms
 from idml_jax.data.pipeline import SkipCounter, eval_batches, train_batches
-from idml_jax.data.samplers import SAMPLERS, ClassBalancedSampler, RandomSampler
+from idml_jax.data.samplers import SAMPLERS, ClassBalancedSampler, RandomSampler, Sampler
+from idml_jax.data.sources import ImageSource
 
 # Dataset names (``data.name``) each source (``data.source``) can load.
 DATASETS: dict[str, tuple[str, ...]] = {
@@ -16,7 +17,8 @@ DATASETS: dict[str, tuple[str, ...]] = {
 SOURCES = tuple(DATASETS)
 
 
-def load_splits(name: str, source: str = "demo", data_dir: str | None = None) -> dict:
+def load_splits(name: str, source: str = "demo", data_dir: str | None = None
+                ) -> dict[str, ImageSource]:
   """``{split: image source}``.
 
   Args:
@@ -41,5 +43,6 @@ def load_splits(name: str, source: str = "demo", data_dir: str | None = None) ->
   return load_tfds(name, data_dir)
 
 
-__all__ = ["DATASETS", "SAMPLERS", "SOURCES", "ClassBalancedSampler", "RandomSampler",
-           "SkipCounter", "eval_batches", "load_splits", "specs", "train_batches", "transforms"]
+__all__ = ["DATASETS", "SAMPLERS", "SOURCES", "ClassBalancedSampler", "ImageSource",
+           "RandomSampler", "Sampler", "SkipCounter", "eval_batches", "load_splits", "specs",
+           "train_batches", "transforms"]

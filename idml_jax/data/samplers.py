@@ -105,7 +105,10 @@ class RandomSampler:
     return self._permutation(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
 
 
-# ``data.sampler`` -> ``(labels [N], batch_size, images_per_class, seed) -> sampler``.
+# A sampler: ``sampler(step)`` -> the global batch's dataset indices; ``steps_per_epoch``.
+Sampler = ClassBalancedSampler | ClassFillSampler | RandomSampler
+
+# ``data.sampler`` -> ``(labels [N], batch_size, images_per_class, seed) -> Sampler``.
 SAMPLERS = {
     "balanced": ClassBalancedSampler,
     "balanced_fill": ClassFillSampler,

@@ -76,3 +76,7 @@ class TfdsSource:
 
   def load(self, i: int) -> np.ndarray:
     return decode_image(self.data_source[int(self.indices[i])][self.image_key])
+
+
+# What a split is: images by index (``load(i)`` -> uint8 [H, W, 3]), ``labels`` [N], ``names``.
+ImageSource = ArraySource | FileSource | TfdsSource

@@ -1,4 +1,4 @@
-"""k-nearest-neighbour search back-ends (inner product on L2-normalised embeddings).
+"""k-nearest-neighbor search back-ends (inner product on L2-normalised embeddings).
 
 All back-ends share one signature, ``search(queries, database, k, exclude_self)``
 -> ``(scores [Q, k], indices [Q, k])`` sorted by decreasing score, so evaluation
@@ -11,7 +11,7 @@ and the retrieval service can swap them by name:
   for large galleries.
 
 With ``exclude_self`` the database is the query set and each query's own index
-is removed from its neighbours (all-vs-all evaluation).
+is removed from its neighbors (all-vs-all evaluation).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ SCANN_TRAINING_SAMPLE = 250_000
 
 def scann_searcher(database: np.ndarray, k: int, approximate: bool = False):
   """A built ScaNN searcher over ``database`` [N, D] (dot product), for up to ``k``
-  neighbours: exact brute force, or (``approximate``, N >= ``SCANN_MIN_PARTITIONED``) tree
+  neighbors: exact brute force, or (``approximate``, N >= ``SCANN_MIN_PARTITIONED``) tree
   partitioning + anisotropic quantisation + exact re-ordering."""
   try:
     import scann

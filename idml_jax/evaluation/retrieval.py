@@ -22,8 +22,8 @@ Back-ends (``backend``), one interface:
   items that beat it, counted block by block over the similarity matrix in JAX (symmetric
   blocks computed once in all-vs-all mode); Recall@1000 costs no more than Recall@1.
 * ``jax``, ``scann``, ``scann_ah``: a kNN search (:mod:`idml_jax.evaluation.knn`) for
-  ``max(max K, largest R)`` neighbours, ranks read off the neighbour list. Where embeddings
-  repeat (ties a neighbour list cannot resolve at its cut), the exact path is used.
+  ``max(max K, largest R)`` neighbors, ranks read off the neighbor list. Where embeddings
+  repeat (ties a neighbor list cannot resolve at its cut), the exact path is used.
 
 Queries with no relevant item count as misses in Recall@K and are excluded from
 R-Precision and MAP@R.
@@ -87,7 +87,7 @@ class QueryRanks:
     """``recall@K`` for each K, ``r_precision`` and ``map@r`` (fractions in [0, 1])."""
     if max(recall_ks) > self.max_k:
       raise ValueError(f"Recall@{max(recall_ks)} needs ranks up to {max(recall_ks)}; these were "
-                       f"searched to {self.max_k} neighbours.")
+                       f"searched to {self.max_k} neighbors.")
     has_rel = self.n_relevant > 0
     out = {f"recall@{k}": float(np.mean(has_rel & (self.first_hit_rank < k))) for k in recall_ks}
     for name, values in self.per_query().items():
@@ -289,7 +289,7 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
   Args:
     query: [Q, D] embeddings; query_labels: [Q] int.
     gallery, gallery_labels: [N, D], [N] for query→gallery (In-Shop); None for all-vs-all
-      with each query excluded from its own neighbours.
+      with each query excluded from its own neighbors.
     max_k: the largest K of Recall@K needed (kNN back-ends search that far).
     backend: one of ``RETRIEVAL_BACKENDS``.
     block_size: the exact back-end's square block (default: ``idml_jax.platform``'s;
@@ -324,7 +324,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(
                       backend: str = "exact",
                       block_size: int | None = None) -> dict[str, float]:
   """All-vs-all ``recall@K`` (K in ``recall_ks``), ``r_precision`` and ``map@r`` of
-  embeddings [N, D] with labels [N], each query excluded from its own neighbours."""
+  embeddings [N, D] with labels [N], each query excluded from its own neighbors."""
   return query_ranks(embeddings, labels, max_k=max(recall_ks), backend=backend,
                      block_size=block_size).metrics(recall_ks)
 

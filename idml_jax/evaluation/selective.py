@@ -7,9 +7,10 @@ miss, a top-1 error):
 * the **risk–coverage curve** risk(i) = (1/i) sum of the risks of the i most confident
   queries, for i = 1..N, and the metric on the most confident fraction c (c = 0.1 .. 1.0);
 * **AURC** = (1/N) sum_i risk(i), the area under it (Geifman et al., ICLR 2019);
-* **E-AURC** = AURC - AURC*, where AURC* is the oracle's (every failure ranked last,
-  computed exactly on these N queries rather than by the continuous approximation
-  r + (1 - r) ln(1 - r)). 0 is a perfect ordering; a random one is about r - AURC*.
+* **E-AURC** = AURC - AURC*, where AURC* is the oracle's: the queries answered in order of
+  their outcome, best first (for 0/1 outcomes every failure last), computed exactly on these
+  N queries rather than by the continuous approximation r + (1 - r) ln(1 - r), and exact
+  for fractional outcomes too. 0 is a perfect ordering; a random one is about r - AURC*.
 
 **Ties.** Queries with equal confidence are answered in random order, and every figure is
 the expectation over those orders, in closed form: within a tied group of g queries whose
@@ -74,11 +75,12 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray,
   n = len(correct)
   if n == 0:
     raise ValueError("risk_coverage needs at least one query.")
+  if np.any(~((correct >= 0) & (correct <= 1))):
+    raise ValueError("risk_coverage: correct must be in [0, 1] (bool, or a per-query metric).")
   risk_sum = expected_prefix_sums(confidence, 1.0 - correct)
-  curve = risk_sum[1:] / np.arange(1, n + 1)
-  failures = n - correct.sum()
   i = np.arange(1, n + 1)
-  oracle = np.maximum(i - (n - failures), 0.0) / i
+  curve = risk_sum[1:] / i
+  oracle = np.cumsum(np.sort(1.0 - correct)) / i  # The best outcomes answered first.
   counts = [_coverage_count(c, n) for c in coverages]
   out = {"aurc": float(curve.mean()), "eaurc": float(curve.mean() - oracle.mean()),
          "coverage": list(coverages), "risk": [float(curve[m - 1]) for m in counts],

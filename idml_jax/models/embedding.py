@@ -103,9 +103,11 @@ class EmbeddingModel(nn.Module):
   backbone: nn.Module
   embedding_dim: int = 512
   uncertainty: bool = True
-  uncertainty_activation: str = "relu"
+  # The defaults of model.* in idml_jax/config.py (one source): u = relu(W_u h-hat) bounded
+  # to ||u|| < 1 (BENCHMARKS.md); "l2_normalize" on "features" is the official code.
+  uncertainty_activation: str = "relu_bounded"
   uncertainty_init: str = "kaiming"
-  uncertainty_input: str = "features"
+  uncertainty_input: str = "normalized_features"
   pooling: str = "avg+max"
   head_bias: bool = True
 

@@ -18,6 +18,9 @@ kill mid-save leaves the previous one restorable. Each checkpoint also stores a 
 every array; a restore recomputes them and checks that the state is finite, and falls back
 to the newest checkpoint that verifies. JSON files are written to a temporary name and
 renamed, so a kill or a full disk leaves the previous version.
+
+A workdir holds one run: :func:`run_changes` compares a resumed run's config with the one
+``run.json`` recorded and refuses every change outside ``RESUMABLE_KEYS``.
 """
 
 from __future__ import annotations
@@ -30,14 +33,56 @@ import zlib
 
 import flax
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from idml_jax import config as config_lib
+
 
 class CheckpointError(RuntimeError):
   """No checkpoint of a workdir could be restored (each damaged one is named)."""
+
+
+# Keys a resumed run (or ``--mode=eval``) may change: how long to train, how to evaluate and
+# log, where the data and weights live, and the input pipeline's parallelism. Any other
+# change makes a different run, which must start in a new workdir. A key ending in "." is
+# a prefix (every key of that sub-config).
+RESUMABLE_KEYS = ("num_epochs", "eval.", "log_every_steps", "checkpoint_every_epochs",
+                  "data.data_dir", "data.num_threads", "data.worker_count", "model.pretrained")
+
+
+class ConfigMismatchError(ValueError):
+  """A workdir holds a run of another config."""
+
+
+def _comparable(c) -> dict:
+  """Flat config with JSON's value types (tuples -> lists), as run.json stores it."""
+  as_dict = c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c
+  return config_lib.flatten(
+      ml_collections.ConfigDict(json.loads(json.dumps(as_dict, default=str))))
+
+
+def run_changes(recorded: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """``{key: (recorded value, new value)}`` of every key ``config`` changes from the
+  ``recorded`` config (a ``to_dict()``); raises :class:`ConfigMismatchError` listing the
+  changes outside ``RESUMABLE_KEYS``."""
+  old, new = _comparable(recorded), _comparable(config)
+  changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)}
+  allowed = lambda k: any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)
+  refused = {k: v for k, v in changed.items() if not allowed(k)}
+  if refused:
+    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+    may = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS)
+    raise ConfigMismatchError(
+        f"This workdir's run was trained with another config ({listed}), so it cannot be "
+        f"resumed or evaluated with this one: use a new --workdir, or drop those overrides. "
+        f"A resume may change only {may}.")
+  return changed
+
 
 
 class Workdir:

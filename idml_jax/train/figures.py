@@ -39,15 +39,15 @@ def _save(fig: Figure, workdir: Workdir, name: str) -> str:
   return str(path)
 
 
-def neighbour_grid(emb: dict, source, queries: np.ndarray, neighbours: np.ndarray, k: int = 5,
+def neighbor_grid(emb: dict, source, queries: np.ndarray, neighbors: np.ndarray, k: int = 5,
                    size: int = 96) -> Figure:
-  """Queries (rows, left) with their first ``k`` neighbours other than themselves; green =
-  same class, red = other. ``queries`` [Q] and ``neighbours`` [Q, >= k + 1] index ``emb``."""
+  """Queries (rows, left) with their first ``k`` neighbors other than themselves; green =
+  same class, red = other. ``queries`` [Q] and ``neighbors`` [Q, >= k + 1] index ``emb``."""
   fig = Figure(figsize=(1.6 * (k + 1), 1.6 * len(queries)))
   axes = fig.subplots(len(queries), k + 1, squeeze=False)
   load = lambda i: eval_transform(source.load(int(emb["index"][i])), size, size)
   for r, q in enumerate(queries):
-    row = [q] + [j for j in neighbours[r] if j != q][:k]
+    row = [q] + [j for j in neighbors[r] if j != q][:k]
     for c, j in enumerate(row):
       ax = axes[r, c]
       ax.imshow(load(j))
@@ -65,7 +65,7 @@ def neighbour_grid(emb: dict, source, queries: np.ndarray, neighbours: np.ndarra
 
 def retrieval_grid(workdir: Workdir, emb: dict, source, num_queries: int = 6, k: int = 5,
                    size: int = 96) -> str | None:
-  """``retrieval_grid.png``: evenly spaced queries and their top-k neighbours (fewer on a
+  """``retrieval_grid.png``: evenly spaced queries and their top-k neighbors (fewer on a
   small split; None, with a note, below two images)."""
   x = l2_normalize_np(emb["semantic"])
   k = min(k, len(x) - 1)
@@ -74,7 +74,7 @@ def retrieval_grid(workdir: Workdir, emb: dict, source, num_queries: int = 6, k:
     return None
   queries = np.unique(np.linspace(0, len(x) - 1, num_queries).astype(int))
   _, nbr = knn.jax_search(x[queries], x, k + 1)
-  return _save(neighbour_grid(emb, source, queries, nbr, k, size), workdir,
+  return _save(neighbor_grid(emb, source, queries, nbr, k, size), workdir,
                "retrieval_grid.png")
 
 

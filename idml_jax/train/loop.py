@@ -2,7 +2,7 @@
 
 A run is resumable from its workdir: the same command continues from the newest
 checkpoint that verifies. Before anything is written, the config is compared with the
-one the workdir recorded (``config.run_changes``): a change that would make a different
+one the workdir recorded (``checkpoint.run_changes``): a change that would make a different
 run is refused, the allowed ones (more epochs, evaluation and logging settings, data
 locations) are recorded in ``run.json``.
 """
@@ -21,18 +21,20 @@ import ml_collections
 import numpy as np
 
 from idml_jax import config as config_lib
-from idml_jax import data, iaa
+from idml_jax import data, iaa, tasks
 from idml_jax.evaluation import NonFiniteEmbeddingsError
 from idml_jax.models import get_backbone
 from idml_jax.train import figures
 from idml_jax.train.checkpoint import (
     Checkpoints,
+    ConfigMismatchError,
     Workdir,
     is_main_process,
     read_json,
+    run_changes,
     write_json,
 )
-from idml_jax.train.evaluate import check_splits, embed_split, evaluate
+from idml_jax.train.evaluate import embed_split, evaluate
 from idml_jax.train.reporting import MetricWriter, Progress
 from idml_jax.train.steps import Steps, make_mesh, to_global
 
@@ -41,20 +43,22 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
-def primary_metric(config: ml_collections.ConfigDict) -> str:
-  """The metric that picks the best checkpoint."""
-  return "top1" if config.task == "classification" else "recall@1"
-
-
 @dataclasses.dataclass
 class Run:
-  """What the phases of a run share: its data, model, compiled steps and checkpoints."""
+  """What the phases of a run share: its data, model, compiled steps and checkpoints.
+
+  Attributes:
+    splits: ``{"train": source, "test": source}`` (or In-Shop's ``query``/``gallery``).
+    num_classes: training classes.
+    sampler: the training batch sampler (``data.SAMPLERS``), a function of (seed, step).
+    skipped: unreadable images met, per split (and ``iaa``: the estimate's passes).
+  """
 
   config: ml_collections.ConfigDict
   workdir: Workdir
-  splits: dict
+  splits: dict[str, data.ImageSource]
   num_classes: int
-  sampler: object
+  sampler: data.Sampler
   steps_per_epoch: int
   steps: Steps
   ckpts: Checkpoints
@@ -75,13 +79,13 @@ def open_run(config: ml_collections.ConfigDict, workdir: str, devices=None, *,
   if mode == "eval" and recorded is None:
     raise FileNotFoundError(f"{wd.run_file} not found: {workdir!r} holds no training run "
                             "(train first with --mode=train).")
-  changes = config_lib.run_changes(recorded["config"], config) if recorded else {}
+  changes = run_changes(recorded["config"], config) if recorded else {}
   splits = data.load_splits(config.data.name, config.data.source, config.data.data_dir or None)
-  check_splits(config, splits)
+  tasks.get_task(config).check_splits(config, splits)
   train_source = splits["train"]
   num_classes = int(train_source.labels.max()) + 1
   if recorded and recorded["num_classes"] != num_classes:
-    raise config_lib.ConfigMismatchError(
+    raise ConfigMismatchError(
         f"The training split now has {num_classes} classes; the run in {workdir} was trained "
         f"on {recorded['num_classes']}: is data.data_dir the same dataset?")
   sampler = data.SAMPLERS[config.data.sampler](
@@ -181,16 +185,25 @@ def _maybe_update_class_stats(run: Run, state, epoch: int):
   return state.replace(class_stats=stats, class_stats_epoch=np.int32(epoch))
 
 
-def _finite_scalars(metrics: dict, step: int, ckpts: Checkpoints) -> dict[str, float]:
-  """Host copies of the step's metrics; stops the run if any is NaN/inf."""
-  scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+def _window_means(window: list[dict], step: int, ckpts: Checkpoints) -> dict[str, float]:
+  """The mean of each training metric over the logging window (the steps since the last
+  log, as clu's metric collections average), fetched in one transfer; stops the run if
+  any step's value is NaN/inf."""
+  values = jax.device_get(window)
+  scalars = {k: float(np.mean([v[k] for v in values])) for k in values[-1]}
   if not all(math.isfinite(v) for v in scalars.values()):
     last = ckpts.latest_step()
     where = (f"The last good checkpoint is step {last} in {ckpts.workdir.checkpoints}."
              if last is not None else "No checkpoint was written yet.")
     bad = ", ".join(k for k, v in scalars.items() if not math.isfinite(v))
-    raise NonFiniteLossError(f"Non-finite training metrics ({bad}) at step {step}. {where}")
+    raise NonFiniteLossError(f"Non-finite training metrics ({bad}) by step {step}. {where}")
   return scalars
+
+
+def _better(task: tasks.Task, metrics: dict, best: dict) -> bool:
+  """``metrics`` beat ``best`` on the task's primary metric, in its direction."""
+  new, old = metrics[task.primary_metric], best[task.primary_metric]
+  return new > old if task.higher_is_better else new < old
 
 
 def _skipped(run: Run) -> dict[str, int]:
@@ -210,12 +223,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   writer = MetricWriter(wd, resume_step=start, enabled=is_main_process())
   progress = Progress(total, cfg.batch_size, cfg.log_every_steps)
   best = ckpts.best_metrics()
-  metric = primary_metric(cfg)
-  what = (f"classification ({cfg.method}, mixing {cfg.classification.mixing})"
-          if cfg.task == "classification" else f"{cfg.method} | {cfg.loss.name}")
+  task = run.steps.task
   logging.info("%s on %s | %d classes, %d images | %d epochs × %d steps | %d devices",
-               what, cfg.data.name, run.num_classes, len(run.splits["train"]), cfg.num_epochs,
-               run.steps_per_epoch, run.steps.mesh.size)
+               task.describe(cfg), cfg.data.name, run.num_classes, len(run.splits["train"]),
+               cfg.num_epochs, run.steps_per_epoch, run.steps.mesh.size)
   batches = data.train_batches(
       run.splits["train"], run.sampler, image_size=cfg.data.image_size, seed=cfg.seed,
       start_step=start, num_steps=total - start, process_index=jax.process_index(),
@@ -230,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       write_json(wd.untrained_file, untrained)
     logging.info("untrained: %s", " ".join(f"{k}={v:.4f}" for k, v in untrained.items()))
   last_eval, t_start = None, time.perf_counter()
+  window = []  # The device metrics of the steps since the last log.
   stop = _StopRequest()
   try:
     stop.install()
@@ -242,16 +254,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       batch = to_global(run.steps.mesh,
                         {k: v for k, v in next(batches).items() if k in ("image", "label")})
       synthesize = config_lib.uses_iaa(cfg.method) and epoch >= cfg.iaa.start_epoch
-      strength = float(iaa.strength_schedule(cfg.iaa.strength, epoch, cfg.num_epochs)
-                       ) if synthesize else 0.0
+      strength = (iaa.strength_schedule(cfg.iaa.strength, epoch, cfg.num_epochs)
+                  if synthesize else 0.0)  # Host numbers: nothing is read back.
       state, metrics = run.steps.train_step(
           state, batch, strength, synthesize=synthesize,
-          train_backbone=epoch >= cfg.optimizer.warmup_epochs)
+          train_backbone=run.steps.trains_backbone(step))
+      window.append(metrics)
       done = step + 1
       epoch_end = done % run.steps_per_epoch == 0
       if done % cfg.log_every_steps == 0 or epoch_end:  # Always checked before saving.
-        scalars = _finite_scalars(metrics, done, ckpts)
+        scalars = _window_means(window, done, ckpts)
         if done % cfg.log_every_steps == 0:
+          window = []
           scalars.update(progress(done, scalars))
           writer.write(done, scalars, "train/")
       if not epoch_end:
@@ -263,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         writer.write(done, {**metrics_eval, **{f"skipped_{k}": v for k, v in
                                                _skipped(run).items()}}, "eval/")
         logging.info("epoch %d: %s", ep, " ".join(f"{k}={v:.4f}" for k, v in metrics_eval.items()))
-        if best is None or metrics_eval[metric] > best[metric]:
+        if best is None or _better(task, metrics_eval, best):
           ckpts.save_best(state, done, {"epoch": ep, **metrics_eval})
           best = {"step": done, "epoch": ep, **metrics_eval}
       if ep % cfg.checkpoint_every_epochs == 0 or done == total:
@@ -294,7 +308,7 @@ def _draw_figures(run: Run, emb: dict) -> None:
   """The workdir's figures; one that cannot be drawn is skipped with a note."""
   source = run.splits.get("query", run.splits.get("test"))
   for name, draw in (("training curves", lambda: figures.training_curves(
-                         run.workdir, primary_metric(run.config))),
+                         run.workdir, run.steps.task.primary_metric)),
                      ("retrieval grid", lambda: "semantic" in emb and figures.retrieval_grid(
                          run.workdir, emb, source)),
                      ("uncertainty figure", lambda: figures.uncertainty_vs_error(

@@ -18,9 +18,10 @@ import optax
 from jax.sharding import Sharding
 
 from idml_jax import config as config_lib
-from idml_jax import iaa, losses
-from idml_jax.models import ClassifierModel, EmbeddingModel, convert, get_backbone, make_backbone
+from idml_jax import iaa
+from idml_jax.models import convert, get_backbone, make_backbone
 from idml_jax.optim import make_optimizer
+from idml_jax.tasks import get_task
 
 
 @flax.struct.dataclass
@@ -29,8 +30,8 @@ class TrainState:
 
   Attributes:
     step: global step.
-    params: ``{"model": model params, "proxies": [C, D]}`` (proxies only for retrieval
-      with proxy losses).
+    params: ``{"model": model params, **the task's}`` (retrieval with a proxy loss:
+      ``proxies`` [C, D]).
     batch_stats: BatchNorm statistics (updated only with ``model.batch_norm="train"``).
     opt_state: optax state.
     class_stats: IAA per-class statistics (a 1-class placeholder for other methods).
@@ -46,25 +47,18 @@ class TrainState:
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int = 0) -> nn.Module:
-  """The embedding model (retrieval) or the classifier (``num_classes`` outputs)."""
+  """The task's model (:meth:`Task.make_model`) on the configured backbone."""
   kwargs = {"pool": config.model.pooling} if get_backbone(config.model.backbone).vit else {}
   backbone = make_backbone(config.model.backbone,
                            train_bn=config_lib.batch_norm_mode(config) == "train",
                            dtype=jnp.dtype(config.model.dtype), **kwargs)
-  idml = config_lib.uses_idml(config.method)
-  if config.task == "classification":
-    if num_classes < 2:
-      raise ValueError(f"A classifier needs num_classes >= 2; got {num_classes}.")
-    cfg = config.classification
-    return ClassifierModel(backbone, num_classes, uncertainty=idml,
-                           uncertainty_dim=cfg.uncertainty_dim,
-                           uncertainty_init=config.model.uncertainty_init, bias=cfg.bias,
-                           a=cfg.a, b=cfg.b)
-  return EmbeddingModel(backbone, config.model.embedding_dim, uncertainty=idml,
-                        uncertainty_activation=config.model.uncertainty_activation,
-                        uncertainty_init=config.model.uncertainty_init,
-                        uncertainty_input=config.model.uncertainty_input,
-                        pooling=config.model.pooling, head_bias=config.model.head_bias)
+  return get_task(config).make_model(config, backbone, num_classes)
+
+
+def _task_params(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """The task's parameters beside the model's (Proxy-Anchor's proxies)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+  return get_task(config).init_params(config, key, num_classes)
 
 
 def _variables(config: ml_collections.ConfigDict, model: nn.Module) -> dict:
@@ -78,18 +72,12 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
                pretrained: bool = True) -> TrainState:
   """A fresh state (the backbone's pretrained weights loaded if configured and
   ``pretrained``)."""
-  key = jax.random.PRNGKey(config.seed)
   variables = _variables(config, model)
   if pretrained and config.model.pretrained:
     variables = convert.load_into(
         variables, convert.load_weights(config.model.pretrained, config.model.backbone),
         config.model.backbone)
-  params = {"model": variables["params"]}
-  if config.task == "retrieval" and config.loss.name in losses.PROXY_LOSSES:
-    dim = config.model.embedding_dim
-    # Kaiming-normal, fan-out: std = sqrt(2 / C) (docs/algorithms.md §1.5).
-    params["proxies"] = jax.random.normal(jax.random.fold_in(key, 2), (num_classes, dim)) * \
-        jnp.sqrt(2.0 / num_classes)
+  params = {"model": variables["params"], **_task_params(config, num_classes)}
   n_stats = num_classes if config_lib.uses_iaa(config.method) else 1
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -103,10 +91,8 @@ def abstract_state(config: ml_collections.ConfigDict, model: nn.Module, num_clas
   """The state's structure (``ShapeDtypeStruct`` leaves, with ``sharding``) and the
   optimiser, computed from shapes alone."""
   shapes = jax.eval_shape(lambda: _variables(config, model))
-  params = {"model": shapes["params"]}
-  if config.task == "retrieval" and config.loss.name in losses.PROXY_LOSSES:
-    params["proxies"] = jax.ShapeDtypeStruct((num_classes, config.model.embedding_dim),
-                                             jnp.float32)
+  params = {"model": shapes["params"],
+            **jax.eval_shape(lambda: _task_params(config, num_classes))}
   tx = make_optimizer(config, params, steps_per_epoch,
                       batch_norm=config_lib.batch_norm_mode(config))
   abstract = jax.eval_shape(lambda: init_state(config, model, tx, num_classes, pretrained=False))

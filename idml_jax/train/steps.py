@@ -17,11 +17,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from idml_jax import iaa
+from idml_jax import iaa, optim, tasks
 from idml_jax.config import batch_norm_mode, neighbor_correction_on
 from idml_jax.data.transforms import color_augment, normalize
 from idml_jax.models import get_backbone
-from idml_jax.train import objective
 from idml_jax.train.state import TrainState, abstract_state, init_state, make_model
 
 
@@ -46,12 +45,13 @@ def replicate(mesh: Mesh, tree):
 
 class Steps:
   """The jitted train and embed steps of one config (compiled once per variant), with the
-  model, the optimiser, the abstract train state and the mesh they run on."""
+  task, the model, the optimiser, the abstract train state and the mesh they run on."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-               mesh: Mesh, abstract: TrainState, num_classes: int):
+               mesh: Mesh, abstract: TrainState, num_classes: int, warmup_steps: int = 0):
     self.config, self.model, self.tx, self.mesh = config, model, tx, mesh
-    self.abstract, self.num_classes = abstract, num_classes
+    self.abstract, self.num_classes, self.warmup_steps = abstract, num_classes, warmup_steps
+    self.task = tasks.get_task(config)
     self.train_bn = batch_norm_mode(config) == "train"
     # Evaluation always uses BatchNorm's running statistics.
     self.eval_model = (model.clone(backbone=model.backbone.clone(train_bn=False))
@@ -71,7 +71,8 @@ class Steps:
     in units of ``steps_per_epoch``) and abstract state, replicated over ``mesh``."""
     model = make_model(config, num_classes)
     abstract, tx = abstract_state(config, model, num_classes, steps_per_epoch, replicated(mesh))
-    return cls(config, model, tx, mesh, abstract, num_classes)
+    return cls(config, model, tx, mesh, abstract, num_classes,
+               optim.warmup_steps(config, steps_per_epoch))
 
   def fresh_state(self, pretrained: bool = True) -> TrainState:
     """A freshly initialised state (pretrained backbone loaded), replicated on the mesh."""
@@ -90,13 +91,29 @@ class Steps:
       return {**out, "batch_stats": updated["batch_stats"]}
     return apply
 
+  def trains_backbone(self, step: int) -> bool:
+    """Whether global step ``step`` trains the backbone (after the warm-up): the same
+    clock (:func:`optim.in_warmup`) as the optimiser's freeze of the backbone group."""
+    return not optim.in_warmup(step, self.warmup_steps)
+
   def draws(self, step: jax.Array, batch_size: int) -> dict[str, jax.Array]:
-    """The random draws of train step ``step`` (:func:`objective.step_draws`)."""
-    return objective.step_draws(self.config, jax.random.fold_in(self.key, step), batch_size,
-                                self.config.data.image_size)
+    """The random draws of train step ``step`` (:func:`tasks.step_draws`)."""
+    return tasks.step_draws(self.config, jax.random.fold_in(self.key, step), batch_size)
 
   def train_step(self, state: TrainState, batch: dict, strength: float, *, synthesize: bool,
                  train_backbone: bool) -> tuple[TrainState, dict]:
+    """One optimiser step on a global batch.
+
+    Args:
+      state: the replicated train state (donated: do not reuse it).
+      batch: ``image`` uint8 [B, H, W, 3] and ``label`` int [B], sharded over ``data``.
+      strength: IAA's ``lambda_e`` (a host number: :func:`iaa.strength_schedule`).
+      synthesize: IAA synthesis on this step.
+      train_backbone: gradients reach the backbone (:meth:`trains_backbone`).
+    Returns:
+      ``(new state, metrics)``: device scalars (``loss``, ``grad_norm`` and the task's).
+    Each ``(synthesize, train_backbone)`` variant compiles once.
+    """
     variant = (synthesize, train_backbone)
     if variant not in self._train:
       fn = functools.partial(self._train_step, synthesize=synthesize,
@@ -106,6 +123,8 @@ class Steps:
     return self._train[variant](state, batch, jnp.float32(strength))
 
   def _train_step(self, state, batch, strength, *, synthesize, train_backbone):
+    """The traced step: the step's draws, colour augmentation and normalisation, the task's
+    loss and its gradient, one optimiser update (see :meth:`train_step`)."""
     draws = self.draws(state.step, batch["image"].shape[0])
     images = batch["image"]
     if "color" in draws:  # The ImageNet recipe's colour jitter + lighting, on [0, 1] RGB.
@@ -114,8 +133,8 @@ class Steps:
     apply_fn = self._apply(state.batch_stats, train_backbone)
 
     def loss_fn(params):
-      return objective.total_loss(self.config, apply_fn, params, images, batch["label"], draws,
-                                  state.class_stats, strength, synthesize)
+      return self.task.loss(self.config, apply_fn, params, images, batch["label"], draws,
+                            state.class_stats, strength, synthesize)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     batch_stats = aux.pop("batch_stats", state.batch_stats)
@@ -126,17 +145,15 @@ class Steps:
                          batch_stats=batch_stats), metrics
 
   def _embed(self, state, images) -> dict[str, jax.Array]:
-    """uint8 images [B, H, W, 3] -> ``uncertainty_norm`` [B] (0 without the head) and
-    ``semantic`` embeddings [B, D] (retrieval) or plain ``logits`` [B, C] (classification;
-    with the ISM also ``introspective_logits`` [B, C])."""
+    """uint8 images [B, H, W, 3] -> ``uncertainty_norm`` [B] (0 without the head) and the
+    task's ``embed_outputs``: ``semantic`` [B, D] (retrieval) or plain ``logits`` [B, C]
+    (classification; with the ISM also ``introspective_logits`` [B, C])."""
     out = self.eval_model.apply(
         {"params": state.params["model"], "batch_stats": state.batch_stats},
         normalize(images, self.spec))
     unc = out.get("uncertainty")
     norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
-    names = (("logits", "introspective_logits") if self.config.task == "classification"
-             else ("semantic",))
-    return {**{k: out[k] for k in names if k in out}, "uncertainty_norm": norm}
+    return {**{k: out[k] for k in self.task.embed_outputs if k in out}, "uncertainty_norm": norm}
 
   def _update_class_stats(self, stats, embeddings, labels):
     cfg = self.config.iaa

@@ -1,0 +1,178 @@
+"""Deep metric learning for retrieval: the objectives of both papers (docs/algorithms.md
+§1.5, §2.3–2.4) and the retrieval metrics.
+
+* ``baseline``: the configured loss on cosine similarities.
+* ``idml``: semantic + uncertainty embeddings compared with the introspective similarity
+  (ISM, ``ism.a``, ``ism.b``).
+* ``iaa``: after ``iaa.start_epoch``, M synthetic samples per image from the class
+  statistics join the candidates of a pair loss (anchors = the originals).
+* ``idml+iaa``: both; synthetic samples inherit their source's uncertainty embedding and
+  the boosted pair loss runs on the ISM.
+
+With ``mixing.kind`` (IDML's Mixup; CutMix too) the loss is
+``L(x, y) + lam L(x~, y) + (1 - lam) L(x~, y[pi])``; synthesis boosts the clean pass, the
+mixed passes use the plain (ISM) loss.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from idml_jax import evaluation, iaa, losses, mixing, similarity
+from idml_jax.config import uses_iaa, uses_idml
+from idml_jax.models import EmbeddingModel
+from idml_jax.ops import l2_normalize
+from idml_jax.tasks.base import ApplyFn, Evaluation, Task
+
+
+def ism_inputs(config: ml_collections.ConfigDict, mu: jax.Array) -> jax.Array:
+  """The semantic embeddings [B, D] the ISM's distance ``dmu`` is computed from."""
+  return l2_normalize(mu) if config.ism.semantic_distance == "normalized" else mu
+
+
+def loss_on_embeddings(config: ml_collections.ConfigDict, out: dict, labels: jax.Array,
+                       proxies: jax.Array | None, synthetic=None) -> jax.Array:
+  """The configured loss for one pass.
+
+  Args:
+    out: model outputs: ``semantic`` [B, D] and, for IDML, ``uncertainty`` [B, D].
+    labels: [B] int.
+    proxies: [C, D] for proxy losses.
+    synthetic: ``(z_syn [M B, D], y_syn [M B], M)`` for IAA, or None.
+  """
+  name, kwargs = config.loss.name, dict(config.loss.kwargs)
+  loss_fn = losses.get_loss(name)
+  mu, u = out["semantic"], out.get("uncertainty")
+  ism = dict(a=config.ism.a, b=config.ism.b)
+  if name in losses.PROXY_LOSSES:
+    sim = similarity.introspective_similarity(ism_inputs(config, mu), u, proxies, **ism)
+    return loss_fn(sim, labels, **kwargs)
+  cand_mu, cand_u, cand_y, source = mu, u, labels, None
+  if synthetic is not None:
+    z_syn, y_syn, m = synthetic
+    cand_mu = jnp.concatenate([mu, z_syn])
+    cand_u = None if u is None else jnp.concatenate([u, jnp.tile(u, (m, 1))])
+    cand_y = jnp.concatenate([labels, y_syn])
+    source = losses.synthetic_source(mu.shape[0], m)
+  sim = similarity.introspective_similarity(ism_inputs(config, mu), u,
+                                            ism_inputs(config, cand_mu), cand_u, **ism)
+  pos, neg = losses.pair_masks(labels, cand_y, candidate_ids=source)
+  return loss_fn(sim, pos, neg, **kwargs)
+
+
+def ism_diagnostics(config: ml_collections.ConfigDict, out: dict,
+                    proxies: jax.Array | None) -> dict[str, jax.Array]:
+  """Mean ||u|| and the distribution (mean, 10th, 90th percentile) of the introspective
+  factor of the clean pass: near 1 the ISM is the cosine, near 0 it is saturated."""
+  mu, u = ism_inputs(config, out["semantic"]), out["uncertainty"]
+  ab = dict(a=config.ism.a, b=config.ism.b)
+  if proxies is not None and config.loss.name in losses.PROXY_LOSSES:
+    factor = similarity.introspective_factor(mu, u, proxies, **ab)
+  else:
+    factor = similarity.introspective_factor(mu, u, mu, u, **ab)
+    # The diagonal (an image with itself) is 0 by construction: left out.
+    factor = jnp.where(jnp.eye(mu.shape[0], dtype=bool), jnp.nan, factor)
+  p10, p90 = jnp.nanquantile(factor.reshape(-1), jnp.asarray([0.1, 0.9]))
+  return {"uncertainty_norm": jnp.mean(jnp.linalg.norm(out["uncertainty"], axis=-1)),
+          "ism_factor_mean": jnp.nanmean(factor), "ism_factor_p10": p10, "ism_factor_p90": p90}
+
+
+def _batch_stats(out: dict) -> dict:
+  return {"batch_stats": out["batch_stats"]} if "batch_stats" in out else {}
+
+
+class RetrievalTask(Task):
+  """Embeddings for retrieval, trained with a proxy or pair loss (both papers)."""
+
+  primary_metric = "recall@1"
+  embed_outputs = ("semantic",)
+
+  def describe(self, config):
+    return f"{config.method} | {config.loss.name} | mixing {config.mixing.kind}"
+
+  def make_model(self, config, backbone, num_classes) -> nn.Module:
+    m = config.model
+    return EmbeddingModel(backbone, m.embedding_dim, uncertainty=uses_idml(config.method),
+                          uncertainty_activation=m.uncertainty_activation,
+                          uncertainty_init=m.uncertainty_init,
+                          uncertainty_input=m.uncertainty_input, pooling=m.pooling,
+                          head_bias=m.head_bias)
+
+  def init_params(self, config, key, num_classes):
+    if config.loss.name not in losses.PROXY_LOSSES:
+      return {}
+    # Kaiming-normal, fan-out: std = sqrt(2 / C) (docs/algorithms.md §1.5).
+    return {"proxies": jax.random.normal(key, (num_classes, config.model.embedding_dim))
+            * jnp.sqrt(2.0 / num_classes)}
+
+  def draws(self, config, key, batch_size):
+    if not uses_iaa(config.method):
+      return {}
+    return {"noise": iaa.synthesis_noise(key, config.iaa.num_synthetic, batch_size,
+                                         config.model.embedding_dim)}
+
+  def loss(self, config, apply_fn: ApplyFn, params, images, labels, draws, stats, strength,
+           synthesize):
+    out = apply_fn(params["model"], images)
+    proxies = params.get("proxies")
+    synthetic = None
+    if synthesize:
+      z_syn, y_syn = iaa.synthesize(draws["noise"], out["semantic"], labels,
+                                    stats.synthesis_covariance, lam=strength,
+                                    root=config.iaa.synthesis_root)
+      synthetic = (z_syn, y_syn, config.iaa.num_synthetic)
+    loss = loss_on_embeddings(config, out, labels, proxies, synthetic)
+    aux = {"loss_clean": loss, **_batch_stats(out)}
+    if uses_idml(config.method):
+      aux.update(ism_diagnostics(config, out, proxies))
+    if config.mixing.kind != "none":
+      mixed_images, lam = mixing.mix(images, draws, config.mixing.kind)
+      mixed = apply_fn(params["model"], mixed_images)
+      loss = (loss + lam * loss_on_embeddings(config, mixed, labels, proxies)
+              + (1 - lam) * loss_on_embeddings(config, mixed, labels[draws["perm"]], proxies))
+    return loss, aux
+
+  def check_splits(self, config, splits):
+    names = self.evaluation_splits(splits)
+    labels = [splits[n].labels for n in names]
+    gallery = len(labels[-1]) - (1 if len(names) == 1 else 0)
+    if max(config.eval.ks) > gallery:
+      raise ValueError(f"eval.ks={tuple(config.eval.ks)} needs at least {max(config.eval.ks)} "
+                       f"gallery items, but the {names[-1]} split has {gallery}"
+                       f"{' besides each query' if len(names) == 1 else ''}: use "
+                       f"--config.eval.ks=... with smaller K, or a larger test split.")
+    classes, counts = np.unique(labels[-1], return_counts=True)
+    if len(classes) < 2:
+      logging.warning("The %s split has a single class: every neighbor is relevant, so "
+                      "Recall@K, R-Precision and MAP@R are trivially 1.", names[-1])
+    elif len(names) == 1 and np.all(counts < 2):
+      logging.warning("No class of the test split has two images: no query has a relevant "
+                      "item, so every retrieval metric is 0.")
+
+  def evaluate(self, config, embedded):
+    ks = tuple(config.eval.ks)
+    emb, gallery = ((embedded["query"], embedded["gallery"]) if "query" in embedded else
+                    (embedded["test"], None))
+    ranks = evaluation.query_ranks(
+        emb["semantic"], emb["labels"], None if gallery is None else gallery["semantic"],
+        None if gallery is None else gallery["labels"], max_k=max(ks),
+        backend=config.eval.backend)
+    metrics = ranks.metrics(ks)
+    emb.update(first_hit_rank=ranks.first_hit_rank, failed=ranks.first_hit_rank > 0,
+               nearest_score=ranks.nearest_score, second_score=ranks.second_score,
+               **{f"query_{k}": v for k, v in ranks.per_query().items()})
+    if config.eval.nmi and gallery is None:
+      metrics.update(evaluation.clustering_metrics(emb["semantic"], emb["labels"],
+                                                   backend=config.eval.kmeans, seed=config.seed))
+    scores = evaluation.confidence_scores(
+        uncertainty_norm=emb["uncertainty_norm"] if uses_idml(config.method) else None,
+        nearest_score=ranks.nearest_score, second_score=ranks.second_score)
+    return Evaluation(metrics, emb, scores,
+                      {"recall@1": ~emb["failed"], "map@r": emb["query_map@r"]})
+

@@ -1,0 +1,44 @@
+"""The task seam: the train loop asks the task, never ``config.task``."""
+
+import numpy as np
+import pytest
+from conftest import tiny
+
+from idml_jax import config as config_lib
+from idml_jax import tasks
+from idml_jax.tasks.retrieval import RetrievalTask
+from idml_jax.train import loop
+from idml_jax.train.checkpoint import Workdir
+from idml_jax.train.reporting import read_metrics
+
+
+def test_every_task_the_schema_names_is_implemented():
+  assert set(tasks.TASKS) == set(config_lib.TASK_METHODS)
+  for task in tasks.TASKS.values():
+    assert isinstance(task, tasks.Task) and task.primary_metric and task.embed_outputs
+
+
+class _LowestAurc(RetrievalTask):
+  """A third task in a few lines: retrieval whose best checkpoint minimises an error."""
+
+  primary_metric = "aurc_nearest"
+  higher_is_better = False
+
+
+def test_a_new_task_is_one_class_and_the_loop_follows_its_metric(tmp_path, monkeypatch):
+  monkeypatch.setitem(tasks.TASKS, "lowest_aurc", _LowestAurc())
+  monkeypatch.setitem(config_lib.TASK_METHODS, "lowest_aurc", config_lib.METHODS)
+  c = tiny(method="baseline", loss="contrastive", task="lowest_aurc", num_epochs=3)
+  results = loop.train_and_evaluate(c, str(tmp_path))
+  evaluated = [r["eval/aurc_nearest"] for r in read_metrics(Workdir(tmp_path))
+               if "eval/aurc_nearest" in r]
+  assert len(evaluated) == 3
+  assert results["best"]["aurc_nearest"] == pytest.approx(min(evaluated))
+  assert results["best"]["epoch"] == 1 + int(np.argmin(evaluated))
+
+
+def test_an_unknown_task_is_refused_with_the_valid_ones():
+  c = config_lib.default_config()
+  c.task = "detection"
+  with pytest.raises(ValueError, match="task: Unknown value 'detection'; valid: classification"):
+    config_lib.validate(c)
