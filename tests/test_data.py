@@ -358,3 +358,27 @@ def test_demo_sets_are_class_disjoint():
                                 np.bincount(target[target < 5]))
   np.testing.assert_array_equal(np.bincount(splits["test"].labels),
                                 np.bincount(target[target >= 5] - 5))
+
+
+def test_glyph_demo_is_real_fonts_split_by_character():
+  """Each class is one character drawn by >= 8 of matplotlib's fonts; no character (or a
+  look-alike of one) is in both splits; Greek capital alpha, drawn as Latin A, is dropped."""
+  from idml_jax.data import glyphs
+  fonts = glyphs._matplotlib_fonts()
+  dejavu = next(f for f in fonts if f.endswith("DejaVuSans.ttf"))
+  np.testing.assert_array_equal(glyphs.render(dejavu, "A", 32), glyphs.render(dejavu, "Α", 32))
+  images, chars, names = glyphs.render_glyphs(fonts, "AΑbβ", size=32, min_fonts=8,
+                                              reference=dejavu)
+  assert sorted(set(chars)) == ["A", "b", "β"]  # The Greek Alpha is Latin A's look-alike.
+  assert images.shape[1:] == (32, 32, 3) and images.dtype == np.uint8
+  for ch in set(chars):
+    rows = [i for i, c in enumerate(chars) if c == ch]
+    assert len(rows) >= 8 and len({names[i] for i in rows}) == len(rows)  # One per font.
+    assert len({images[i].tobytes() for i in rows}) == len(rows)  # No repeated image.
+  splits = data.load_splits("glyphs")
+  chars_of = lambda s: {n.split(" ")[0] for n in s.names}
+  assert chars_of(splits["train"]) and chars_of(splits["test"])
+  assert not chars_of(splits["train"]) & chars_of(splits["test"])
+  for split in splits.values():
+    counts = np.bincount(split.labels)
+    assert counts.min() >= 8 and len(counts) >= 40

@@ -146,3 +146,15 @@ def test_eaurc_oracle_orders_fractional_outcomes():
   out = selective.risk_coverage(np.arange(6.0), correct)
   assert out["aurc"] - out["eaurc"] == pytest.approx(oracle_aurc, rel=1e-12)
   assert out["eaurc"] >= 0
+
+
+def test_uncertainty_report_counts_dead_and_saturated_heads():
+  from idml_jax.evaluation import uncertainty_report
+  u = np.array([0.0, 0.0, 1e-7, 0.3, 0.995, 1.0, 0.5, 0.99])
+  failed = np.array([0, 1, 0, 1, 1, 0, 0, 1], bool)
+  got = uncertainty_report(u, failed)
+  assert got["uncertainty_zero_fraction"] == 3 / 8  # <= 1e-6
+  assert got["uncertainty_bound_fraction"] == 3 / 8  # >= 0.99
+  assert got["uncertainty_mean"] == pytest.approx(u.mean())
+  x, y = u - u.mean(), failed - failed.mean()
+  assert got["uncertainty_failure_corr"] == pytest.approx((x @ y) / np.sqrt((x @ x) * (y @ y)))

@@ -170,3 +170,19 @@ def test_introspective_factor_is_the_shrinkage_of_one_minus_cosine():
     for c in range(len(p)):
       want = np.exp(-(float(jnp.sum(u[i] ** 2)) + 4) / (5 * float(jnp.sum((mu[i] - p[c]) ** 2))))
       assert float(factor[i, c]) == pytest.approx(want, rel=1e-4)
+
+
+def test_softplus_bounded_is_smooth_positive_and_below_one():
+  """||u|| = tanh(||softplus(x)||) in (0, 1), direction of softplus(x); unlike relu_bounded
+  a unit whose input is negative still passes a gradient (no dead head)."""
+  from idml_jax.models.embedding import relu_bounded, softplus_bounded
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 7)) * 3, jnp.float32)
+  u = np.asarray(softplus_bounded(x))
+  sp = np.log1p(np.exp(np.asarray(x, np.float64)))
+  norm = np.linalg.norm(sp, axis=1)
+  np.testing.assert_allclose(u, sp * (np.tanh(norm) / norm)[:, None], rtol=1e-5)
+  assert np.all(u > 0) and np.all(np.linalg.norm(u, axis=1) < 1)
+  dead = -jnp.ones((1, 7))  # Every unit's input negative.
+  grad = lambda f: jax.grad(lambda z: jnp.sum(jnp.square(f(z))))(dead)
+  assert float(jnp.max(jnp.abs(grad(relu_bounded)))) == 0.0
+  assert float(jnp.min(jnp.abs(grad(softplus_bounded)))) > 0.0

@@ -23,10 +23,12 @@ from idml_jax.train.steps import Steps, make_mesh, to_global
 
 
 def test_demo_config_end_to_end_learns(tmp_path):
-  c = load_config("demo.py", "runlocal")
+  """The shipped demo (real glyph images, IDML-PA) for 320 of its 800 steps: Recall@1
+  0.414 -> 0.568, MAP@R 0.072 -> 0.152 here (seed 0); the shipped run reaches 0.737 / 0.286."""
+  c = load_config("demo.py")
+  c.num_epochs, c.eval.every_epochs, c.eval.nmi = 8, 8, False
   results = loop.train_and_evaluate(c, str(tmp_path))
   final, untrained = results["final"], results["untrained"]
-  # The shipped demo's runlocal variant (4 steps) lifts Recall@1 by ~0.09 (0.545 -> 0.635).
   assert final["recall@1"] > untrained["recall@1"] + 0.05
   assert final["map@r"] > untrained["map@r"] + 0.03
   for f in ("results.json", "metrics.jsonl", "training_curves.png", "retrieval_grid.png",
@@ -274,7 +276,7 @@ def test_paper_configs_validate(name, arg):
     ("iaa.py", "cub,resnet-50", "Unknown config argument 'resnet-50'; valid words: dataset: cub"),
     ("iaa.py", "ms", "needs a dataset"),
     ("idml_pa.py", "cub200", "Unknown config argument 'cub200'; valid words: dataset: cub, cars"),
-    ("demo.py", "digit", "Unknown config argument 'digit'; valid words: flags: digits"),
+    ("demo.py", "digit", "Unknown config argument 'digit'; valid words: dataset: glyphs"),
     ("classification.py", "cifar10,idml_cutmx", "Unknown config argument 'idml_cutmx'"),
 ])
 def test_config_arguments_refuse_unknown_words(name, arg, match):
@@ -342,3 +344,25 @@ def test_warmup_freezes_and_stops_gradients_on_one_clock_across_a_resume(tmp_pat
   assert [s for s, _, _ in calls] == list(range(6))
   # (train_backbone, backbone moved): frozen both ways for 4 steps, then both on.
   assert [(t, m) for _, t, m in calls] == [(False, False)] * 4 + [(True, True)] * 2
+
+
+@pytest.mark.parametrize("backbone, size, warns", [
+    ("resnet_tiny", 32, True), ("resnet_tiny", 64, True), ("resnet_tiny", 96, False),
+    ("resnet_tiny_cifar", 32, False)])
+def test_an_imagenet_stem_on_small_images_from_scratch_warns(caplog, backbone, size, warns):
+  c = tiny(model__backbone=backbone, data__image_size=size)
+  with caplog.at_level("WARNING"):
+    loop._warn_about_weights(c)
+  assert ("ImageNet stem" in caplog.text) == warns
+  assert not warns or "configs/small_images.py" in caplog.text
+
+
+@pytest.mark.parametrize("arg", ["idml,pa", "baseline,ms", "iaa,ms", "idml_iaa,contrastive"])
+def test_small_images_recipe_validates(arg):
+  c = load_config("small_images.py", arg)
+  c.data.data_dir = "/data"
+  config_lib.validate(c)
+  assert c.model.backbone == "resnet_tiny_cifar" and c.data.augment == "pad_crop"
+  assert (c.mixing.kind == "mixup") == ("idml" in arg)
+  with pytest.raises(ValueError, match="pair losses"):
+    load_config("small_images.py", "iaa,pa")

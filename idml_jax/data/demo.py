@@ -6,6 +6,8 @@
   photographs train, the rest test.
 * ``digits``: scikit-learn's ``load_digits`` (8×8, upsampled); classes 0–4 train,
   5–9 test. The fastest smoke set.
+* ``glyphs``: characters as drawn by the fonts bundled with matplotlib (a class is a
+  character, its images the fonts; :mod:`idml_jax.data.glyphs`), split by character.
 
 For image classification (``task="classification"``) the same images are split *within*
 classes instead (every 4th image tests): ``patches_classification`` (20 classes, colour, a
@@ -17,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from idml_jax.data import glyphs
 from idml_jax.data.sources import ArraySource
 
 # skimage.data photographs shipped inside the wheel (no download), in a fixed order.
@@ -81,6 +84,6 @@ def digits(size: int = 32, within_classes: bool = False) -> dict[str, ArraySourc
           "test": ArraySource(images[~train], d.target[~train])}
 
 
-DEMOS = {"patches": patches, "digits": digits,
+DEMOS = {"patches": patches, "digits": digits, "glyphs": glyphs.glyphs,
          "patches_classification": lambda: patches(32, 60, within_classes=True),
          "digits_classification": lambda: digits(within_classes=True)}

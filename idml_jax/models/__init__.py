@@ -56,6 +56,8 @@ class Backbone:
   input_spec: InputSpec
   weights: str  # The pretrained file(s) it converts (the papers' code's, for the CNNs).
   vit: ViTVariant | None = None  # Vision Transformers: the architecture (pooled [B, D]).
+  # ImageNet stem (7×7/2 conv + max-pool: /4 before the first block) or a CIFAR stem (3×3/1).
+  imagenet_stem: bool = True
 
 
 def _vit(name: str, input_spec: InputSpec, weights: str) -> Backbone:
@@ -75,12 +77,12 @@ BACKBONES: dict[str, Backbone] = {
                           "torchvision resnet101-63fe2227.pth"),
     # CIFAR stems (3×3/1 conv, no max pool) for 32 px classification; trained from scratch.
     "resnet18_cifar": Backbone(functools.partial(resnet, "resnet18", small_images=True),
-                               CIFAR, "none (CIFAR, from scratch)"),
+                               CIFAR, "none (CIFAR, from scratch)", imagenet_stem=False),
     "resnet50_cifar": Backbone(functools.partial(resnet, "resnet50", small_images=True),
-                               CIFAR, "none (CIFAR, from scratch)"),
+                               CIFAR, "none (CIFAR, from scratch)", imagenet_stem=False),
     "resnet_tiny_cifar": Backbone(
         functools.partial(resnet, "resnet_tiny", width=8, small_images=True), IMAGENET,
-        "none (tests and demos)"),
+        "none (tests and demos)", imagenet_stem=False),
     "bn_inception": Backbone(BNInception, CAFFE_BGR, "Cadene bn_inception-52deb4733.pth"),
     "googlenet": Backbone(GoogLeNet, IMAGENET, "torchvision googlenet-1378be20.pth"),
     # Vision Transformers (models/vit.py): timm's files, the original releases' and .npz.

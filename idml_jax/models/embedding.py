@@ -49,17 +49,28 @@ UNCERTAINTY_INITS: dict[str, Callable[..., nn.Dense]] = {
 UNCERTAINTY_INPUTS = ("features", "normalized_features")
 
 
+def _tanh_bounded(r: jax.Array) -> jax.Array:
+  """``r`` [..., D] rescaled to the norm ``tanh(||r||)`` < 1, its direction kept."""
+  sq = jnp.sum(jnp.square(r), axis=-1, keepdims=True)
+  safe = jnp.sqrt(jnp.where(sq > 1e-12, sq, 1.0))
+  return r * jnp.where(sq > 1e-12, jnp.tanh(safe) / safe, 1.0)  # tanh(n)/n -> 1 at n -> 0
+
+
 def relu_bounded(x: jax.Array) -> jax.Array:
   """``relu(x)`` rescaled to the norm ``tanh(||relu(x)||)`` < 1 (direction kept) [..., D].
 
   Non-negative like ReLU, and on the official code's scale (its u has norm exactly 1) while
   keeping a gradient: du = ||u_a||² + ||u_b||² < 2 against a = 4, so the uncertainty cannot
   drive the ISM's factor to 0 (BENCHMARKS.md measures where the factor lives in training).
+  A unit whose input stays negative is dead: ||u|| can reach exactly 0 for every image.
   """
-  r = jax.nn.relu(x)
-  sq = jnp.sum(jnp.square(r), axis=-1, keepdims=True)
-  safe = jnp.sqrt(jnp.where(sq > 1e-12, sq, 1.0))
-  return r * jnp.where(sq > 1e-12, jnp.tanh(safe) / safe, 1.0)  # tanh(n)/n -> 1 at n -> 0
+  return _tanh_bounded(jax.nn.relu(x))
+
+
+def softplus_bounded(x: jax.Array) -> jax.Array:
+  """``softplus(x)`` rescaled to the norm ``tanh(||softplus(x)||)`` < 1 [..., D]: the smooth
+  relu_bounded, positive everywhere, so no unit dies and ||u|| never reaches 0."""
+  return _tanh_bounded(jax.nn.softplus(x))
 
 
 # raw head output [..., D] -> u. "l2_normalize" is the official IDML retrieval code: ||u||² = 1
@@ -70,6 +81,7 @@ UNCERTAINTY_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
     "l2_normalize": l2_normalize,
     "relu_bounded": relu_bounded,
+    "softplus_bounded": softplus_bounded,
 }
 
 # [B, H, W, C] -> [B, C].

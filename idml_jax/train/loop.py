@@ -139,10 +139,16 @@ def _warn_about_weights(config: ml_collections.ConfigDict) -> None:
     logging.warning("model.batch_norm=%r without pretrained weights: BatchNorm stays at its "
                     "initial statistics and the network trains with no normalisation. Use "
                     "--config.model.batch_norm=train (or auto).", mode)
-  if not get_backbone(config.model.backbone).weights.startswith("none"):
+  backbone = get_backbone(config.model.backbone)
+  if not backbone.weights.startswith("none"):
     logging.warning("Training %s from scratch (no model.pretrained): the papers start from "
                     "ImageNet weights (%s; README, 'Pretrained weights').",
-                    config.model.backbone, get_backbone(config.model.backbone).weights)
+                    config.model.backbone, backbone.weights)
+  if backbone.vit is None and backbone.imagenet_stem and config.data.image_size <= 64:
+    logging.warning("%s's ImageNet stem shrinks %d px images 4× before its first block, and it "
+                    "trains from scratch here: on small images a CIFAR stem learns far more "
+                    "(configs/small_images.py; BENCHMARKS.md, 'Real images').",
+                    config.model.backbone, config.data.image_size)
 
 
 def _initial_state(run: Run):

@@ -1,0 +1,155 @@
+"""Every method × loss × seed on the real-image sets, one table (resumable by row).
+
+    python benchmarks/realdata/make_sets.py --out ~/realdata           # once (see its doc)
+    python benchmarks/realdata/run.py --data ~/realdata --out realdata.jsonl \\
+        [--sets icons,glyphs] [--rows idml-pa,baseline-ms,...] [--seeds 0,1,2,3,4] \\
+        [--variants default,official] [--steps 1200]
+    python benchmarks/realdata/run.py --out realdata.jsonl --table     # the table only
+
+Each row trains ``configs/small_images.py:<method>,<loss>`` (a variant's overrides on top)
+on a set's train classes and evaluates on its test classes; its figures are appended to
+``--out`` as one JSON line, so an interrupted benchmark continues where it stopped and can
+be run in parts (by set, row or seed). The table gives mean ± sd over seeds of test
+Recall@1 and MAP@R, the AURC (lower is better) of each confidence score — ``u`` = IDML's
+‖u‖, ``nn`` = the nearest similarity, ``gap`` = top-1 − top-2 — with E-AURC, corr(‖u‖, miss),
+how often ‖u‖ beats the nearest similarity, the ISM factor during the last epoch (mean,
+p10–p90) and how ‖u‖ spreads over the test images (the fraction at 0 and at its bound 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from idml_jax.config_files import from_file  # noqa: E402
+from idml_jax.train import loop  # noqa: E402
+from idml_jax.train.checkpoint import Workdir  # noqa: E402
+from idml_jax.train.reporting import read_metrics  # noqa: E402
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "small_images.py")
+ROWS = ("baseline-pa", "idml-pa", "baseline-ms", "idml-ms", "iaa-ms", "idml_iaa-ms")
+# variant -> config overrides (dotted keys) on top of the recipe.
+VARIANTS = {
+    "default": {},
+    "official": {"model.uncertainty_activation": "l2_normalize",
+                 "model.uncertainty_input": "features", "model.uncertainty_init": "torch"},
+    "relu": {"model.uncertainty_activation": "relu"},
+    "softplus_bounded": {"model.uncertainty_activation": "softplus_bounded"},
+}
+
+
+def _set(c, key: str, value) -> None:
+  *path, last = key.split(".")
+  node = c
+  for p in path:
+    node = node[p]
+  node[last] = value
+
+
+def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: int) -> dict:
+  method, loss = row.split("-")
+  c = from_file(f"{CONFIG}:{method},{loss}")
+  c.data.data_dir = os.path.join(data, set_name)
+  c.seed = seed
+  epochs = max(1, steps // c.max_steps_per_epoch)
+  if epochs != c.num_epochs:  # Keep IAA's start and the evaluations at the same fractions.
+    c.iaa.start_epoch = max(1, round(c.iaa.start_epoch * epochs / c.num_epochs))
+    c.num_epochs = epochs
+  c.eval.every_epochs, c.eval.nmi = c.num_epochs, False  # Untrained and final only.
+  for key, value in VARIANTS[variant].items():
+    _set(c, key, value)
+  with tempfile.TemporaryDirectory() as workdir:
+    t = time.perf_counter()
+    results = loop.train_and_evaluate(c, workdir)
+    logged = [r for r in read_metrics(Workdir(workdir)) if "train/ism_factor_mean" in r]
+  last_epoch = logged[-max(1, c.max_steps_per_epoch // c.log_every_steps):]
+  factor = {k: statistics.mean(r[f"train/ism_factor_{k}"] for r in last_epoch)
+            for k in ("mean", "p10", "p90")} if last_epoch else {}
+  final = results["final"]
+  return {"set": set_name, "row": row, "seed": seed, "variant": variant, "steps": steps,
+          "untrained_recall@1": results["untrained"]["recall@1"],
+          **{k: v for k, v in final.items() if isinstance(v, float | int)},
+          **{f"factor_{k}": v for k, v in factor.items()},
+          "seconds": round(time.perf_counter() - t, 1)}
+
+
+def _done(path: str) -> dict[tuple, dict]:
+  if not os.path.exists(path):
+    return {}
+  rows = [json.loads(line) for line in open(path) if line.strip()]
+  return {(r["set"], r["row"], r["seed"], r["variant"], r["steps"]): r for r in rows}
+
+
+def _ms(values: list[float], digits: int = 3) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "–"
+  sd = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["set"], r["variant"], r["steps"], r["row"]), []).append(r)
+  head = ("| set | variant | row | seeds | R@1 untrained → trained | MAP@R | AURC u | AURC nn | "
+          "AURC gap | E-AURC u | corr(‖u‖, miss) | u < nn | factor mean (p10–p90) | "
+          "‖u‖ = 0 | ‖u‖ ≥ 0.99 |")
+  lines = [head, "|" + "---|" * 15]
+  for (set_name, variant, _, row), rs in sorted(groups.items(), key=lambda kv: (
+      kv[0][0], kv[0][1], ROWS.index(kv[0][3]) if kv[0][3] in ROWS else 99)):
+    g = lambda k, rs=rs: [r.get(k) for r in rs]
+    idml = "idml" in row
+    wins = sum(r["aurc_uncertainty"] < r["aurc_nearest"] for r in rs) if idml else None
+    factor = (f"{_ms(g('factor_mean'), 2)} ({statistics.mean(g('factor_p10')):.2f}–"
+              f"{statistics.mean(g('factor_p90')):.2f})" if idml and rs[0].get("factor_mean")
+              is not None else "–")
+    lines.append(
+        f"| {set_name} | {variant} | {row} | {len(rs)} | "
+        f"{statistics.mean(g('untrained_recall@1')):.3f} → {_ms(g('recall@1'))} | "
+        f"{_ms(g('map@r'))} | {_ms(g('aurc_uncertainty')) if idml else '–'} | "
+        f"{_ms(g('aurc_nearest'))} | {_ms(g('aurc_gap'))} | "
+        f"{_ms(g('eaurc_uncertainty')) if idml else '–'} | "
+        f"{_ms(g('uncertainty_failure_corr'), 2) if idml else '–'} | "
+        f"{f'{wins}/{len(rs)}' if idml else '–'} | {factor} | "
+        f"{_ms(g('uncertainty_zero_fraction'), 2) if idml else '–'} | "
+        f"{_ms(g('uncertainty_bound_fraction'), 2) if idml else '–'} |")
+  return "\n".join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--data", default=os.path.expanduser("~/realdata"))
+  p.add_argument("--out", default="realdata.jsonl")
+  p.add_argument("--sets", default="icons,glyphs")
+  p.add_argument("--rows", default=",".join(ROWS))
+  p.add_argument("--seeds", default="0,1,2,3,4")
+  p.add_argument("--variants", default="default")
+  p.add_argument("--steps", type=int, default=1200)
+  p.add_argument("--table", action="store_true", help="Print the table of --out and stop.")
+  args = p.parse_args()
+  if not args.table:
+    done = _done(args.out)
+    for seed in (int(s) for s in args.seeds.split(",")):  # Seed-major: whole rows early.
+      for set_name in args.sets.split(","):
+        for variant in args.variants.split(","):
+          for row in args.rows.split(","):
+            if (set_name, row, seed, variant, args.steps) in done:
+              continue
+            result = run_row(args.data, set_name, row, seed, variant, args.steps)
+            with open(args.out, "a") as f:
+              f.write(json.dumps(result) + "\n")
+            print(json.dumps({k: result[k] for k in ("set", "row", "seed", "variant",
+                                                     "recall@1", "seconds")}), flush=True)
+  seeds = {int(s) for s in args.seeds.split(",")}
+  print(table([r for r in _done(args.out).values() if r["seed"] in seeds]))
+
+
+if __name__ == "__main__":
+  main()
