@@ -196,7 +196,8 @@ def _window_means(window: list[dict], step: int, ckpts: Checkpoints) -> dict[str
   log, as clu's metric collections average), fetched in one transfer; stops the run if
   any step's value is NaN/inf."""
   values = jax.device_get(window)
-  scalars = {k: float(np.mean([v[k] for v in values])) for k in values[-1]}
+  keys = dict.fromkeys(k for v in values for k in v)
+  scalars = {k: float(np.mean([v[k] for v in values if k in v])) for k in keys}
   if not all(math.isfinite(v) for v in scalars.values()):
     last = ckpts.latest_step()
     where = (f"The last good checkpoint is step {last} in {ckpts.workdir.checkpoints}."
