@@ -4,7 +4,8 @@ A :class:`Task` says what the model is, which parameters it has beside the model
 random draws of a step beyond those every task shares, the loss, what evaluation computes
 from the embedded test splits, and the primary metric (and its direction). The training
 code (``idml_jax.train``) asks ``get_task(config)`` and never tests ``config.task``.
-A new task is one module implementing :class:`Task` and one row of ``TASKS``.
+A new task is one module implementing :class:`Task`, a row of ``TASKS`` and the methods it
+trains in ``config.TASK_METHODS`` (a test keeps the two tables' names equal).
 
 Every task shares the step's image draws (:func:`step_draws`): the configured mixing
 (``mixing.kind``: Mixup / CutMix, :mod:`idml_jax.mixing`) and the colour augmentation.
