@@ -12,7 +12,10 @@ at 32 px the ImageNet stem leaves a 1×1 map), average pooling, pad-4 random cro
 flips, Adam at 1e-3 without weight decay or clipping, heads at the backbone's rate, no
 warm-up, BatchNorm trained, P × K = 10 × 4 batches, 1,200 steps; IDML with its Mixup, IAA
 from step 400. ``benchmarks/realdata/run.py`` measures it on two real sets, every method and
-loss, five seeds.
+loss (three seeds so far): glyphs reach Recall@1 0.88–0.92 from 0.58 untrained, icons only
+0.29–0.31 from 0.25. The settings were chosen before measuring (the matched recipe of a user's
+report: CIFAR stem, Adam without decay or clipping, heads ×1) and are not tuned yet; the
+proxies' 10× rate is the one untested choice.
 """
 
 from idml_jax.config import default_config

@@ -129,13 +129,13 @@ def make_icons(out: str, min_images: int = 10, max_images: int = 16) -> dict:
   # An image is kept once: in the first class (most themes, then shortest name) that has it,
   # so an alias (gtk-copy -> edit-copy) or a theme's fallback drawing used for many names
   # never sits in two classes.
-  owner, dataset = {}, collections.defaultdict(list)
+  owner, dataset, kept = {}, collections.defaultdict(list), set()
   for (name, theme, _), img in zip(jobs, rendered, strict=True):
     if img is None:
       continue
     digest = hashlib.sha1(img.tobytes()).hexdigest()
-    if owner.setdefault(digest, name) == name and digest not in {
-        hashlib.sha1(i.tobytes()).hexdigest() for _, i in dataset[name]}:
+    if owner.setdefault(digest, name) == name and digest not in kept:
+      kept.add(digest)  # Owned by this class: kept once.
       dataset[name].append((theme, img))
   dataset = {n: rows[:max_images] for n, rows in dataset.items() if len(rows) >= min_images}
   return _write(out, "icons", dataset, {"source": "Debian icon themes", "packages": sorted(
