@@ -27,6 +27,8 @@ from idml_jax.data.sources import ArraySource
 # Two characters whose drawings in one font differ by less than this mean absolute pixel
 # difference (of 255) are the same shape (Latin "y" and Cyrillic "у" in DejaVu Sans).
 LOOK_ALIKE = 4.0
+# Two different letters whose ink has a cosine above this are one placeholder drawing.
+PLACEHOLDER_COSINE = 0.95
 
 # Latin, digits and symbols, then Greek and Cyrillic letters (their Latin look-alikes are
 # dropped by rendering, not by a hand-made list).
@@ -55,18 +57,31 @@ def render(path: str, char: str, size: int = 48, em: float = 0.7) -> np.ndarray:
   return np.repeat(np.asarray(img)[..., None], 3, axis=-1)
 
 
+def _draws_letters_alike(path: str, chars: set[str], size: int) -> bool:
+  """The font draws two different letters it maps (of A, B, E, a, b, e) alike: the cosine of
+  their ink exceeds ``PLACEHOLDER_COSINE``."""
+  ink = [255.0 - render(path, c, size)[..., 0].astype(np.float64).ravel()
+         for c in "ABEabe" if c in chars]
+  ink = [v / n for v in ink if (n := np.linalg.norm(v)) > 0]
+  return any(float(x @ y) > PLACEHOLDER_COSINE for i, x in enumerate(ink) for y in ink[i + 1:])
+
+
 def render_glyphs(font_paths: Sequence[str], chars: str = CHARS, *, size: int = 48,
                   min_fonts: int = 2, max_fonts: int | None = None,
                   reference: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
   """Every character of ``chars`` in every font of ``font_paths`` that maps it.
 
   Returns ``(images uint8 [N, size, size, 3], characters [N], font file names [N])``.
-  Characters drawn like an earlier one (``LOOK_ALIKE``) in ``reference`` (or, for a
-  character it lacks, in the first font that maps it) are dropped; so are blank images and
+  Fonts that draw different letters alike (placeholder fonts) are left out. Characters drawn
+  like an earlier one (``LOOK_ALIKE``) in ``reference`` (or, for a character it lacks, in the
+  first font that maps it) are dropped; so are blank images and
   images repeated within a character; a character with fewer than ``min_fonts`` images is
   dropped; at most ``max_fonts`` per character (fonts in the given order).
   """
   maps = {p: font_chars(p) for p in font_paths}
+  # A placeholder font (a "last resort" font draws one box per Unicode block) draws different
+  # letters alike: its images would be near-copies under many classes. Left out.
+  font_paths = [p for p in font_paths if not _draws_letters_alike(p, maps[p], size)]
   if reference is not None and reference not in maps:
     maps[reference] = font_chars(reference)
   kept, looks = [], {}  # looks: font -> [images of the kept characters drawn in it]
