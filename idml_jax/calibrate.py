@@ -83,8 +83,20 @@ def calibrate(top1_similarity: np.ndarray, top1_correct: np.ndarray,
 
   A target the similarity rule cannot reach is refused (ValueError); one the uncertainty
   rule cannot reach turns abstention off (``uncertainty=None``) with the reason in
-  ``heldout["uncertainty_note"]``.
+  ``heldout["uncertainty_note"]``. Refused too: a target outside (0, 1], data with no right
+  or no wrong nearest neighbor (nothing to calibrate), a NaN/inf uncertainty.
   """
+  if target_precision is not None and not 0 < target_precision <= 1:
+    raise ValueError(f"The target precision must lie in (0, 1]; got {target_precision}.")
+  correct = np.asarray(top1_correct, bool)
+  if len(correct) and not correct.any():
+    raise ValueError("No query's nearest neighbor is right: there is no match to calibrate "
+                     "on; calibrate on labelled queries whose classes are in the gallery.")
+  if len(correct) and correct.all():
+    raise ValueError("Every query's nearest neighbor is right (one class?): there is no "
+                     "mismatch to calibrate against; use queries from several classes.")
+  if uncertainty_norm is not None:
+    check_finite(np.asarray(uncertainty_norm), "The queries' uncertainties")
   curves = {"similarity": threshold_curve(top1_similarity, top1_correct)}
   i = choose_threshold(curves["similarity"], target_precision, "similarity")
   heldout = {f"similarity_{k}": float(v[i]) for k, v in curves["similarity"].items()

@@ -132,6 +132,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.ism.a = 4.0
   c.ism.b = 5.0
   c.ism.semantic_distance = "normalized"  # dmu from mu-hat (as the official code) | raw mu
+  # Pair losses' du_ij: sum = ||u_i||² + ||u_j||² (§1.3) | anchor = ||u_i||² (each row sees
+  # the others as it sees proxies; benchmarks/realdata measures both).
+  c.ism.pair_uncertainty = "sum"
 
   # Image mixing inside the step, both tasks: none | mixup | cutmix, lam ~ Beta(alpha, alpha).
   # Retrieval (IDML's Mixup): L(x, y) + lam L(x~, y) + (1 - lam) L(x~, y[pi]);
@@ -198,6 +201,7 @@ _CHOICES = {
     "iaa.correction": ("auto", "on", "off"),
     "iaa.synthesis_root": iaa.SYNTHESIS_ROOTS,
     "ism.semantic_distance": ("raw", "normalized"),
+    "ism.pair_uncertainty": ("sum", "anchor"),
     "eval.backend": evaluation.RETRIEVAL_BACKENDS,
     "eval.kmeans": evaluation.KMEANS_BACKENDS,
 }

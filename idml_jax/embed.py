@@ -39,9 +39,10 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
   emb = inference.embed_folder(trained, _IMAGES.value)
-  key = "logits" if "logits" in emb else "semantic"
-  check_finite(emb[key], f"The embeddings by the {trained.checkpoint} checkpoint (step "
-                         f"{trained.step}) of {_WORKDIR.value}")
+  for key in ("logits", "semantic", "uncertainty_norm"):  # Nothing non-finite is stored.
+    if key in emb:
+      check_finite(emb[key], f"The {key} outputs of the {trained.checkpoint} checkpoint "
+                             f"(step {trained.step}) of {_WORKDIR.value}")
   names = [str(n) for n in emb["names"]]
   if all(os.sep in n for n in names):
     emb["labels"] = np.asarray([n.split(os.sep, 1)[0] for n in names])

@@ -64,7 +64,9 @@ class Thresholds:
 
 def decide(similarity: np.ndarray, uncertainty_norm: np.ndarray | None,
            thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-  """Top-1 similarities [Q] (and uncertainties [Q]) -> decisions and reasons [Q] (str)."""
+  """Top-1 similarities [Q] (and uncertainties [Q]) -> decisions and reasons [Q] (str).
+
+  With an uncertainty threshold, a query whose uncertainty is NaN or inf abstains."""
   s = np.asarray(similarity, np.float64)
   t, t_u = thresholds.similarity, thresholds.uncertainty
   decision = np.where(s >= t, "match", "no_match").astype(object)
@@ -75,6 +77,9 @@ def decide(similarity: np.ndarray, uncertainty_norm: np.ndarray | None,
     out = u > t_u
     decision[out] = "abstain"
     reason[out] = [f"uncertainty {v:.4f} > {t_u:.4f}" for v in u[out]]
+    broken = ~np.isfinite(u)  # Fails closed: an unknown uncertainty never answers.
+    decision[broken] = "abstain"
+    reason[broken] = [f"uncertainty {v} is not finite" for v in u[broken]]
   return decision.astype(str), reason.astype(str)
 
 
@@ -144,6 +149,8 @@ class GalleryIndex:
                       ("uncertainty_norm", self.uncertainty_norm)):
       if arr is not None and len(arr) != n:
         raise ValueError(f"{what} has {len(arr)} entries for {n} gallery embeddings.")
+    if self.uncertainty_norm is not None:
+      check_finite(self.uncertainty_norm, "The gallery's uncertainties")
     self.max_k_requested = max_k
     self.backend = backend or platform.defaults().search_backend
     names_lib.lookup(SEARCH_BACKENDS, self.backend, "search back-end")
@@ -171,12 +178,18 @@ class GalleryIndex:
 
   def add(self, embeddings: np.ndarray, names=None, labels=None, uncertainty_norm=None) -> None:
     """Appends gallery items (the same model's embeddings; metadata as the gallery has it)
-    and rebuilds the search structure."""
+    and rebuilds the search structure. Everything is checked before anything changes."""
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
       raise ValueError(f"Added embeddings must be [M, {self.dim}]; got {embeddings.shape}.")
     check_finite(embeddings, "The added embeddings")
     m = len(embeddings)
+    for what, arr in (("names", names), ("labels", labels),
+                      ("uncertainty_norm", uncertainty_norm)):
+      if arr is not None and len(arr) != m:
+        raise ValueError(f"{what} has {len(arr)} entries for {m} added embeddings.")
+    if uncertainty_norm is not None:
+      check_finite(np.asarray(uncertainty_norm, np.float64), "The added items' uncertainties")
     for what, have, new in (("labels", self.labels, labels),
                             ("uncertainty_norm", self.uncertainty_norm, uncertainty_norm)):
       if (have is None) != (new is None):

@@ -218,7 +218,10 @@ def test_corrupt_images_are_skipped_and_counted():
   mask = np.concatenate([b["mask"] for b in batches])
   assert len(mask) == 12  # Padded to whole batches.
   np.testing.assert_array_equal(mask, [i < 10 and i % 4 != 1 for i in range(12)])
-  assert skipped.count == 3
+  assert skipped.count == skipped.reads == 3
+  list(eval_batches(src, batch_size=4, image_size=8, resize_size=8, skipped=skipped,
+                    num_threads=1))  # A second pass meets the same 3 images.
+  assert skipped.count == 3 and skipped.reads == 6
   s = samplers.ClassBalancedSampler(src.labels, batch_size=4, images_per_class=2, seed=0)
   train = next(train_batches(src, s, image_size=8, seed=0, start_step=0, num_steps=1,
                              skipped=skipped, num_threads=1))

@@ -174,10 +174,27 @@ def test_skipped_images_are_counted_per_split(tmp_path, monkeypatch, caplog):
     results = loop.train_and_evaluate(tiny(method="iaa", iaa__start_epoch=1), str(tmp_path))
   skipped = results["skipped_images"]
   n_test = len(real("digits")["test"])
-  assert skipped["test"] == 2 * len(range(1, n_test, 5))  # Two evaluations of the test split.
+  # Images, not reads: the two evaluations of the test split meet each bad image twice.
+  assert skipped["test"] == len(range(1, n_test, 5))
   assert skipped["train"] > 0 and skipped["iaa"] > 0
   assert results["final"]["images_test"] == n_test - len(range(1, n_test, 5))
   assert "could not be read: the metrics are over" in caplog.text
+
+
+class _AllUnreadable(ArraySource):
+  def load(self, i):
+    raise OSError("truncated file")
+
+
+def test_a_test_split_with_no_readable_image_is_refused_in_one_line(tmp_path, monkeypatch):
+  real = data.load_splits
+  monkeypatch.setattr(data, "load_splits", lambda *a, **kw: {
+      k: _AllUnreadable(v.images, v.labels) if k == "test" else v
+      for k, v in real(*a, **kw).items()})
+  n_test = len(real("digits")["test"])
+  with pytest.raises(ValueError, match=rf"None of the {n_test} test images could be read") as e:
+    loop.train_and_evaluate(tiny(method="baseline"), str(tmp_path))
+  assert "-1" not in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
 def _small_test_split(n_test, classes):

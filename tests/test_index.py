@@ -87,6 +87,33 @@ def test_decide_gives_each_decision_its_reason():
   assert d.tolist() == ["match"]
 
 
+def test_abstention_fails_closed_on_a_non_finite_uncertainty():
+  th = Thresholds(similarity=0.5, uncertainty=0.8)
+  decision, reason = decide(np.array([0.9, 0.9, 0.9]), np.array([np.nan, np.inf, 0.1]), th)
+  assert decision.tolist() == ["abstain", "abstain", "match"]
+  assert reason.tolist()[:2] == ["uncertainty nan is not finite", "uncertainty inf is not finite"]
+  rng = np.random.default_rng(3)  # Calibrating on a NaN uncertainty is refused, not skipped.
+  u = rng.random(50)
+  u[7] = np.nan
+  with pytest.raises(ValueError, match="uncertainties contain NaN/inf in 1 of 50"):
+    calibrate.calibrate(rng.random(50), rng.random(50) < 0.5, u)
+
+
+@pytest.mark.parametrize("target", [-0.5, 0.0, 1.5, float("nan")])
+def test_calibrate_refuses_a_target_outside_0_1(target):
+  rng = np.random.default_rng(4)
+  with pytest.raises(ValueError, match=r"target precision must lie in \(0, 1\]"):
+    calibrate.calibrate(rng.random(50), rng.random(50) < 0.5, target_precision=target)
+
+
+@pytest.mark.parametrize("correct, why", [
+    (np.zeros(40, bool), "No query's nearest neighbor is right"),
+    (np.ones(40, bool), "Every query's nearest neighbor is right")])
+def test_calibrate_refuses_data_that_cannot_calibrate(correct, why):
+  with pytest.raises(ValueError, match=why):
+    calibrate.calibrate(np.random.default_rng(5).random(40), correct)
+
+
 def _gallery(n=300, d=16, seed=0):
   rng = np.random.default_rng(seed)
   centers = rng.standard_normal((12, d))
@@ -221,6 +248,25 @@ def test_save_calibrate_and_search_commands_abstain_and_say_why(tmp_path):
   assert {r["query"] for r in abstained} == set(names[150:][unc[150:] > t_u])
   assert all(r["reason"].startswith("uncertainty ") for r in abstained)
   assert "decisions: match" in out.stdout and "abstain" in out.stdout
+  before = open(f"{index}/index.json").read()
   out = _cli("idml_jax.calibrate", f"--index={index}", "--target_precision=1.01")
-  assert out.returncode != 0 and "lower the target precision" in out.stderr
-  assert "Traceback" not in out.stderr
+  assert out.returncode != 0 and "must lie in (0, 1]" in out.stderr
+  assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr
+  assert open(f"{index}/index.json").read() == before  # Nothing stored.
+
+
+@pytest.mark.parametrize("what", ["names", "labels", "uncertainty_norm"])
+def test_add_validates_every_array_before_changing_anything(what):
+  emb, labels, unc, names = _gallery()
+  index = GalleryIndex(emb[:200], names[:200], labels[:200], unc[:200], max_k=10,
+                       backend="jax")
+  new = {"names": names[200:210], "labels": labels[200:210], "uncertainty_norm": unc[200:210]}
+  new[what] = new[what][:7]  # 7 entries for 10 embeddings.
+  with pytest.raises(ValueError, match=f"{what} has 7 entries for 10 added embeddings"):
+    index.add(emb[200:210], **new)
+  assert len(index) == 200 and len(index.embeddings) == 200 and len(index.labels) == 200
+  bad = {"names": names[200:210], "labels": labels[200:210],
+         "uncertainty_norm": np.where(np.arange(10) == 3, np.nan, unc[200:210])}
+  with pytest.raises(ValueError, match="uncertainties contain NaN/inf in 1 of 10"):
+    index.add(emb[200:210], **bad)
+  assert len(index) == 200

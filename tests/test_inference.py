@@ -135,3 +135,29 @@ def test_embed_refuses_a_missing_output_folder_before_any_work(trained_workdir, 
                        env=env, cwd=ROOT, capture_output=True, text=True)
   assert out.returncode != 0 and "does not exist; create it first" in out.stderr
   assert "checkpoint" not in out.stdout  # Nothing was embedded.
+
+
+def test_embed_refuses_a_non_finite_uncertainty_and_stores_nothing(trained_workdir, image_folder,
+                                                                   tmp_path, monkeypatch):
+  from absl import flags
+
+  from idml_jax import embed
+  from idml_jax.evaluation.inputs import NonFiniteEmbeddingsError
+  real = inference.embed_folder
+
+  def broken(*args, **kwargs):  # A model whose uncertainty head overflowed on one image.
+    emb = real(*args, **kwargs)
+    emb["uncertainty_norm"][0] = np.nan
+    return emb
+
+  monkeypatch.setattr(inference, "embed_folder", broken)
+  out = tmp_path / "e.npz"
+  flags.FLAGS(["embed", f"--workdir={trained_workdir}", f"--images={image_folder}",
+               f"--out={out}"])
+  try:
+    with pytest.raises(NonFiniteEmbeddingsError, match=r"uncertainty_norm outputs .*NaN/inf in "
+                                                        r"1 of 12 rows"):
+      embed.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert not out.exists()

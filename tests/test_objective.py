@@ -107,6 +107,8 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
       source = list(range(len(y))) * (1 + M)
     if config.ism.semantic_distance == "normalized":  # dmu from mu-hat (synthetic too).
       mu, cand_mu = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (mu, cand_mu))
+    if config.ism.pair_uncertainty == "anchor":  # du_ij = ||u_i||²: candidates carry none.
+      cand_u = None
     sim = _naive_similarity(mu, u, cand_mu, cand_u)
     return _naive_pair_loss(config.loss.name, sim, y, cand_y, source)
 
@@ -125,11 +127,13 @@ def _naive_objective(config, images, labels, params, cov, draws, strength, synth
     ("idml", "proxy_anchor", False), ("idml", "multi_similarity", False),
     ("iaa", "multi_similarity", True), ("iaa", "contrastive", True), ("iaa", "triplet", True),
     ("idml+iaa", "multi_similarity", True), ("idml+iaa", "contrastive", True),
-    ("idml", "proxy_anchor:raw", False), ("idml+iaa", "multi_similarity:raw", True)])
+    ("idml", "proxy_anchor:raw", False), ("idml+iaa", "multi_similarity:raw", True),
+    ("idml", "multi_similarity:anchor", False), ("idml+iaa", "contrastive:anchor", True)])
 def test_total_loss_matches_a_naive_loop(method, loss, synthesize):
-  loss, _, distance = loss.partition(":")  # ":raw": dmu from the raw mu.
+  loss, _, switch = loss.partition(":")  # ":raw": dmu from the raw mu; ":anchor": du = ||u_i||².
   config = tiny(method=method, loss=loss, iaa__num_synthetic=M, model__embedding_dim=D,
-                ism__semantic_distance=distance or "normalized")
+                ism__semantic_distance="raw" if switch == "raw" else "normalized",
+                ism__pair_uncertainty="anchor" if switch == "anchor" else "sum")
   images, labels, params, cov, draws = _setup()
   stats = type("Stats", (), {"synthesis_covariance": jnp.float32(cov)})()
   as32 = lambda t: jax.tree.map(jnp.float32, t)

@@ -20,6 +20,7 @@ CASES = {
     "resnet50": torch_reference.resnet50,
     "bn_inception": torch_reference.BNInception,
     "googlenet": torch_reference.GoogLeNet,
+    "cnn_small": torch_reference.SmallCNN,  # A PyTorch user's own network, block1.conv1, ...
 }
 
 

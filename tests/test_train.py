@@ -31,6 +31,10 @@ def test_demo_config_end_to_end_learns(tmp_path):
   final, untrained = results["final"], results["untrained"]
   assert final["recall@1"] > untrained["recall@1"] + 0.05
   assert final["map@r"] > untrained["map@r"] + 0.03
+  ev = results["evaluated"]  # The final evaluation's per-image arrays (not in results.json).
+  assert len(ev["labels"]) == len(ev["failed"]) == len(ev["uncertainty_norm"]) == final[
+      "images_test"]
+  assert 1 - np.mean(ev["failed"]) == pytest.approx(final["recall@1"])
   for f in ("results.json", "metrics.jsonl", "training_curves.png", "retrieval_grid.png",
             "uncertainty_vs_error.png", "risk_coverage.png", "run.json", "untrained.json"):
     assert os.path.exists(tmp_path / f), f

@@ -86,6 +86,36 @@ def resnet_tiny(small_images=False):
   return ResNet(BasicBlock, [1, 1, 1, 1], width=8, small_images=small_images)
 
 
+class _ConvBlock(nn.Module):
+  def __init__(self, inp, width):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inp, width, 3, 1, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+
+  def forward(self, x):
+    return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class SmallCNN(nn.Module):
+  """Blocks of two (3×3 conv without bias, BatchNorm, ReLU), a 2×2 max-pool between blocks:
+  the plain CNN of issue 22, written as a PyTorch user would (``block1.conv1``, ...)."""
+
+  def __init__(self, widths=(8, 16, 32)):
+    super().__init__()
+    inp = 3
+    for i, width in enumerate(widths):
+      setattr(self, f"block{i + 1}", _ConvBlock(inp, width))
+      inp = width
+    self.num_blocks, self.num_features = len(widths), widths[-1]
+
+  def features(self, x):
+    for i in range(self.num_blocks):
+      x = getattr(self, f"block{i + 1}")(F.max_pool2d(x, 2, 2) if i else x)
+    return x
+
+
 def resnet50():
   return ResNet(Bottleneck, [3, 4, 6, 3])
 

@@ -19,6 +19,7 @@ p10–p90) and how ‖u‖ spreads over the test images (the fraction at 0 and a
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -27,6 +28,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
 from idml_jax.config_files import from_file  # noqa: E402
 from idml_jax.train import loop  # noqa: E402
 from idml_jax.train.checkpoint import Workdir  # noqa: E402
@@ -41,6 +45,11 @@ VARIANTS = {
                  "model.uncertainty_input": "features", "model.uncertainty_init": "torch"},
     "relu": {"model.uncertainty_activation": "relu"},
     "softplus_bounded": {"model.uncertainty_activation": "softplus_bounded"},
+    # The pairwise form: no offset (u = 0 gives the cosine), dmu from the raw mu, or each
+    # anchor's own uncertainty only (du_ij = ||u_i||², as against proxies).
+    "a0": {"ism.a": 0.0},
+    "raw": {"ism.semantic_distance": "raw"},
+    "anchor": {"ism.pair_uncertainty": "anchor"},
 }
 
 
@@ -52,7 +61,41 @@ def _set(c, key: str, value) -> None:
   node[last] = value
 
 
-def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: int) -> dict:
+def _class_share(values: np.ndarray, labels: np.ndarray) -> float:
+  """η²: the share of ``values``' variance [N] that lies between the classes ``labels`` [N]."""
+  values = values.astype(np.float64)
+  total = np.sum((values - values.mean()) ** 2)
+  between = sum(np.sum(labels == c) * (values[labels == c].mean() - values.mean()) ** 2
+                for c in np.unique(labels))
+  return float(between / total) if total > 0 else float("nan")
+
+
+def _within_class_corr(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
+  """corr(x, y) [N] after removing each class's mean from both: within-class agreement."""
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  for c in np.unique(labels):
+    x[labels == c] -= x[labels == c].mean()
+    y[labels == c] -= y[labels == c].mean()
+  sx, sy = np.sqrt(np.sum(x * x)), np.sqrt(np.sum(y * y))
+  return float(np.sum(x * y) / (sx * sy)) if sx > 0 and sy > 0 else float("nan")
+
+
+def error_structure(ev: dict) -> dict:
+  """How much of the test misses is a class's rather than an image's, and how ‖u‖ and the
+  nearest similarity follow misses inside a class (``ev``: ``evaluated`` of a run)."""
+  labels, miss = np.asarray(ev["labels"]), np.asarray(ev["failed"], np.float64)
+  out = {"miss_class_share": _class_share(miss, labels),
+         "nn_miss_corr_within_class": _within_class_corr(-np.asarray(ev["nearest_score"]),
+                                                         miss, labels)}
+  if "uncertainty_norm" in ev:
+    u = np.asarray(ev["uncertainty_norm"])
+    out.update(u_class_share=_class_share(u, labels),
+               u_miss_corr_within_class=_within_class_corr(u, miss, labels))
+  return out
+
+
+def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: int,
+            overrides: dict | None = None) -> dict:
   method, loss = row.split("-")
   c = from_file(f"{CONFIG}:{method},{loss}")
   c.data.data_dir = os.path.join(data, set_name)
@@ -62,7 +105,7 @@ def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: 
     c.iaa.start_epoch = max(1, round(c.iaa.start_epoch * epochs / c.num_epochs))
     c.num_epochs = epochs
   c.eval.every_epochs, c.eval.nmi = c.num_epochs, False  # Untrained and final only.
-  for key, value in VARIANTS[variant].items():
+  for key, value in {**(overrides or {}), **VARIANTS[variant]}.items():
     _set(c, key, value)
   with tempfile.TemporaryDirectory() as workdir:
     t = time.perf_counter()
@@ -73,9 +116,11 @@ def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: 
             for k in ("mean", "p10", "p90")} if last_epoch else {}
   final = results["final"]
   return {"set": set_name, "row": row, "seed": seed, "variant": variant, "steps": steps,
+          "platform": jax.devices()[0].platform,
           "untrained_recall@1": results["untrained"]["recall@1"],
           **{k: v for k, v in final.items() if isinstance(v, float | int)},
           **{f"factor_{k}": v for k, v in factor.items()},
+          **error_structure(results["evaluated"]),
           "seconds": round(time.perf_counter() - t, 1)}
 
 
@@ -83,7 +128,8 @@ def _done(path: str) -> dict[tuple, dict]:
   if not os.path.exists(path):
     return {}
   rows = [json.loads(line) for line in open(path) if line.strip()]
-  return {(r["set"], r["row"], r["seed"], r["variant"], r["steps"]): r for r in rows}
+  return {(r["set"], r["row"], r["seed"], r["variant"], r["steps"], r.get("repeat", 0)): r
+          for r in rows}
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -97,13 +143,14 @@ def _ms(values: list[float], digits: int = 3) -> str:
 def table(rows: list[dict]) -> str:
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
-    groups.setdefault((r["set"], r["variant"], r["steps"], r["row"]), []).append(r)
-  head = ("| set | variant | row | seeds | R@1 untrained → trained | MAP@R | AURC u | AURC nn | "
-          "AURC gap | E-AURC u | corr(‖u‖, miss) | u < nn | factor mean (p10–p90) | "
+    groups.setdefault((r["set"], r.get("platform", "cpu"), r["variant"], r["steps"], r["row"]),
+                      []).append(r)
+  head = ("| set | on | variant | row | runs | R@1 untrained → trained | MAP@R | AURC u | "
+          "AURC nn | AURC gap | E-AURC u | corr(‖u‖, miss) | u < nn | factor mean (p10–p90) | "
           "‖u‖ = 0 | ‖u‖ ≥ 0.99 |")
-  lines = [head, "|" + "---|" * 15]
-  for (set_name, variant, _, row), rs in sorted(groups.items(), key=lambda kv: (
-      kv[0][0], kv[0][1], ROWS.index(kv[0][3]) if kv[0][3] in ROWS else 99)):
+  lines = [head, "|" + "---|" * 16]
+  for (set_name, platform, variant, _, row), rs in sorted(groups.items(), key=lambda kv: (
+      kv[0][:3], ROWS.index(kv[0][4]) if kv[0][4] in ROWS else 99)):
     g = lambda k, rs=rs: [r.get(k) for r in rs]
     idml = "idml" in row
     wins = sum(r["aurc_uncertainty"] < r["aurc_nearest"] for r in rs) if idml else None
@@ -111,7 +158,7 @@ def table(rows: list[dict]) -> str:
               f"{statistics.mean(g('factor_p90')):.2f})" if idml and rs[0].get("factor_mean")
               is not None else "–")
     lines.append(
-        f"| {set_name} | {variant} | {row} | {len(rs)} | "
+        f"| {set_name} | {platform} | {variant} | {row} | {len(rs)} | "
         f"{statistics.mean(g('untrained_recall@1')):.3f} → {_ms(g('recall@1'))} | "
         f"{_ms(g('map@r'))} | {_ms(g('aurc_uncertainty')) if idml else '–'} | "
         f"{_ms(g('aurc_nearest'))} | {_ms(g('aurc_gap'))} | "
@@ -132,17 +179,30 @@ def main():
   p.add_argument("--seeds", default="0,1,2,3,4")
   p.add_argument("--variants", default="default")
   p.add_argument("--steps", type=int, default=1200)
+  p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                 help="A config override for every row (e.g. data.num_threads=2); not recorded "
+                      "in the row: use it for settings that do not change the figures.")
+  p.add_argument("--repeat", type=int, default=0,
+                 help="Run rows already in --out again, recorded as this repeat (GPU runs are "
+                      "not bit-reproducible: a repeat of a seed is another draw).")
+  p.add_argument("--deadline", type=float, default=None,
+                 help="Unix time after which no new row starts (rows finished so far stay).")
   p.add_argument("--table", action="store_true", help="Print the table of --out and stop.")
   args = p.parse_args()
   if not args.table:
+    overrides = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.override)}
     done = _done(args.out)
     for seed in (int(s) for s in args.seeds.split(",")):  # Seed-major: whole rows early.
       for set_name in args.sets.split(","):
         for variant in args.variants.split(","):
           for row in args.rows.split(","):
-            if (set_name, row, seed, variant, args.steps) in done:
+            if (set_name, row, seed, variant, args.steps, args.repeat) in done:
               continue
-            result = run_row(args.data, set_name, row, seed, variant, args.steps)
+            if args.deadline and time.time() > args.deadline:
+              print("deadline passed: stopping before", set_name, row, seed, variant)
+              return
+            result = {**run_row(args.data, set_name, row, seed, variant, args.steps, overrides),
+                      "repeat": args.repeat}
             with open(args.out, "a") as f:
               f.write(json.dumps(result) + "\n")
             print(json.dumps({k: result[k] for k in ("set", "row", "seed", "variant",

@@ -23,22 +23,32 @@ from idml_jax.data import transforms
 
 
 class SkipCounter:
-  """Thread-safe count of unreadable images, with a warning for the first few."""
+  """Thread-safe count of one split's unreadable images, with a warning for the first few.
+
+  ``count``: distinct images (by index in the split); ``reads``: failed reads, which grow
+  with every pass over the split (each evaluation, IAA's estimate passes).
+  """
 
   def __init__(self, max_warnings: int = 10):
-    self.count, self._lock, self._max = 0, threading.Lock(), max_warnings
+    self.reads, self._seen, self._lock, self._max = 0, set(), threading.Lock(), max_warnings
+
+  @property
+  def count(self) -> int:
+    return len(self._seen)
 
   def __getstate__(self):  # Worker processes get their own count (logged there).
-    return {"count": self.count, "_max": self._max}
+    return {"reads": self.reads, "_seen": set(self._seen), "_max": self._max}
 
   def __setstate__(self, state):
     self.__dict__.update(state, _lock=threading.Lock())
 
   def add(self, source, index: int, error: Exception) -> None:
     with self._lock:
-      self.count += 1
-      n = self.count
-    if n <= self._max:
+      self.reads += 1
+      new = index not in self._seen
+      self._seen.add(index)
+      n = len(self._seen)
+    if new and n <= self._max:
       name = source.names[index] if hasattr(source, "names") else index
       logging.warning("Skipping unreadable image %s (%s: %s); %d skipped so far.", name,
                       type(error).__name__, error, n)

@@ -264,7 +264,7 @@ def _knn_ranks(query, query_labels, gallery, gallery_labels, max_k: int,
   g_labels = query_labels if all_vs_all else gallery_labels
   rel = relevant_indices(query_labels, g_labels, all_vs_all)
   n_rel = np.sum(rel >= 0, axis=1)
-  n_gallery = query.shape[0] - 1 if all_vs_all else gallery.shape[0]
+  n_gallery = max(query.shape[0] - 1, 0) if all_vs_all else gallery.shape[0]
   k = min(max(max_k, rel.shape[1], 2), n_gallery)
   scores, idx = knn.get_search(backend)(query, query if all_vs_all else gallery, k,
                                         exclude_self=all_vs_all)
@@ -305,7 +305,7 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
     gallery, gallery_labels = check_embeddings(gallery, gallery_labels, "gallery")
     if gallery.shape[1] != query.shape[1]:
       raise ValueError(f"query dim {query.shape[1]} != gallery dim {gallery.shape[1]}.")
-  n_gallery = query.shape[0] - 1 if all_vs_all else gallery.shape[0]
+  n_gallery = max(query.shape[0] - 1, 0) if all_vs_all else gallery.shape[0]
   if max_k > n_gallery:
     raise ValueError(f"Recall@{max_k} needs at least {max_k} gallery items; there are "
                      f"{n_gallery}. Use smaller ks.")

@@ -15,6 +15,7 @@ import flax.linen as nn
 
 from idml_jax import names
 from idml_jax.models.bn_inception import BNInception
+from idml_jax.models.cnn import SmallCNN
 from idml_jax.models.embedding import (
   POOLINGS,
   UNCERTAINTY_ACTIVATIONS,
@@ -83,6 +84,8 @@ BACKBONES: dict[str, Backbone] = {
     "resnet_tiny_cifar": Backbone(
         functools.partial(resnet, "resnet_tiny", width=8, small_images=True), IMAGENET,
         "none (tests and demos)", imagenet_stem=False),
+    # A plain 3-block CNN (models/cnn.py), the PyTorch comparison's network; from scratch.
+    "cnn_small": Backbone(SmallCNN, IMAGENET, "none (from scratch)", imagenet_stem=False),
     "bn_inception": Backbone(BNInception, CAFFE_BGR, "Cadene bn_inception-52deb4733.pth"),
     "googlenet": Backbone(GoogLeNet, IMAGENET, "torchvision googlenet-1378be20.pth"),
     # Vision Transformers (models/vit.py): timm's files, the original releases' and .npz.

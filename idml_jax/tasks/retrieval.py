@@ -61,9 +61,17 @@ def loss_on_embeddings(config: ml_collections.ConfigDict, out: dict, labels: jax
     cand_y = jnp.concatenate([labels, y_syn])
     source = losses.synthetic_source(mu.shape[0], m)
   sim = similarity.introspective_similarity(ism_inputs(config, mu), u,
-                                            ism_inputs(config, cand_mu), cand_u, **ism)
+                                            ism_inputs(config, cand_mu),
+                                            _candidate_uncertainty(config, cand_u), **ism)
   pos, neg = losses.pair_masks(labels, cand_y, candidate_ids=source)
   return loss_fn(sim, pos, neg, **kwargs)
+
+
+def _candidate_uncertainty(config: ml_collections.ConfigDict,
+                           u: jax.Array | None) -> jax.Array | None:
+  """The candidates' side of a pair loss's ``du``: ``u`` [N, D] (``ism.pair_uncertainty=sum``,
+  du_ij = ||u_i||² + ||u_j||²) or None (``anchor``: du_ij = ||u_i||², as against proxies)."""
+  return u if config.ism.pair_uncertainty == "sum" else None
 
 
 def ism_diagnostics(config: ml_collections.ConfigDict, out: dict,
@@ -75,7 +83,7 @@ def ism_diagnostics(config: ml_collections.ConfigDict, out: dict,
   if proxies is not None and config.loss.name in losses.PROXY_LOSSES:
     factor = similarity.introspective_factor(mu, u, proxies, **ab)
   else:
-    factor = similarity.introspective_factor(mu, u, mu, u, **ab)
+    factor = similarity.introspective_factor(mu, u, mu, _candidate_uncertainty(config, u), **ab)
     # The diagonal (an image with itself) is 0 by construction: left out.
     factor = jnp.where(jnp.eye(mu.shape[0], dtype=bool), jnp.nan, factor)
   p10, p90 = jnp.nanquantile(factor.reshape(-1), jnp.asarray([0.1, 0.9]))

@@ -57,6 +57,10 @@ def evaluate(steps: Steps, state, splits: dict,
   skipped = skipped or {}
   embedded = {n: embed_split(steps, state, splits[n], skipped.get(n))
               for n in task.evaluation_splits(splits)}
+  for name, e in embedded.items():
+    if not len(e["labels"]):
+      raise ValueError(f"None of the {len(splits[name])} {name} images could be read (the "
+                       "warnings above name them): fix or remove them.")
   result = task.evaluate(cfg, embedded)
   metrics, emb = result.metrics, result.emb
   scalars, emb["selective"] = evaluation.selective_report(result.scores, ~emb["failed"],

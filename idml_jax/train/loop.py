@@ -219,7 +219,9 @@ def _skipped(run: Run) -> dict[str, int]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates, writes
-  ``results.json`` and figures. Returns the final results.
+  ``results.json`` and figures. Returns the final results, with (not in ``results.json``)
+  ``evaluated``: the final evaluation's per-image arrays (``labels`` [N], ``failed`` [N],
+  ``nearest_score`` [N], ``uncertainty_norm`` [N] for IDML, the embeddings, ...).
 
   ``devices``: the devices of the data-parallel mesh (default: all).
   """
@@ -308,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     write_json(wd.results_file, results)
     _draw_figures(run, emb)
   logging.info("Done. Final: %s", " ".join(f"{k}={v:.4f}" for k, v in final.items()))
-  return results
+  return {**results, "evaluated": emb}
 
 
 def _draw_figures(run: Run, emb: dict) -> None:
