@@ -38,14 +38,14 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this proces
 def _user_error(e: BaseException) -> str | None:
   """The one-line message of a failure the user can act on, or None for a bug."""
   from idml_jax.evaluation import NonFiniteEmbeddingsError
-  from idml_jax.train.checkpoint import CheckpointError
+  from idml_jax.train.checkpoint import CheckpointError, WorkdirBusyError
   from idml_jax.train.loop import NonFiniteLossError
 
   if isinstance(e, OSError) and e.errno == errno.ENOSPC:
     return (f"No space left on device ({e.filename or e}). Completed checkpoints are intact: "
             "free some space and re-run the same command to resume.")
   if isinstance(e, (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError,
-                    NonFiniteEmbeddingsError)):
+                    NonFiniteEmbeddingsError, WorkdirBusyError)):
     return str(e)
   return None
 

@@ -357,3 +357,30 @@ def test_sigint_keeps_the_checkpoint_and_says_so_in_one_line(tmp_path):
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 130 and "Traceback" not in out
   assert "Interrupted: the last complete checkpoint" in out and "re-run the same command" in out
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path,
+                                                                               caplog):
+  import socket
+
+  from idml_jax.train.checkpoint import WorkdirBusyError, workdir_lock
+  lock = tmp_path / "lock.json"
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:  # A live run on this host holds the workdir.
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid,
+                                "since": "2026-12-04 10:00:00"}))
+    with pytest.raises(WorkdirBusyError, match=rf"in use by another run \(host .*, PID "
+                                               rf"{sleeper.pid}, since 2026-12-04 10:00:00\)"):
+      loop.train_and_evaluate(tiny(method="baseline"), str(tmp_path))
+    assert not (tmp_path / "run.json").exists() and lock.exists()  # Nothing touched.
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  with caplog.at_level("WARNING"), workdir_lock(Workdir(tmp_path)):  # Its process is gone.
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    with pytest.raises(WorkdirBusyError), workdir_lock(Workdir(tmp_path)):  # Ours is alive.
+      pass
+  assert "is gone; taking it over" in caplog.text and not lock.exists()  # Released.
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match="is a file, not a folder"):
+    loop.train_and_evaluate(tiny(method="baseline"), str(tmp_path / "file"))

@@ -25,9 +25,11 @@ A workdir holds one run: :func:`run_changes` compares a resumed run's config wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import time
 import zlib
 
@@ -107,6 +109,63 @@ class Workdir:
 
   def exists(self) -> bool:
     return self.run_file.exists()
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another run holds the workdir's lock."""
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process: alive.
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def workdir_lock(wd: Workdir):
+  """Holds ``lock.json`` (host, PID, start time) in a local workdir while a run trains in it.
+
+  A second run on the same workdir is refused (:class:`WorkdirBusyError`, naming the first);
+  a lock left by a process that is gone (killed on this host) is taken over with a warning.
+  Remote workdirs (``gs://``) and processes other than the main one take no lock.
+  """
+  path = os.path.join(str(wd.path), "lock.json")
+  if "://" in str(wd.path) or not is_main_process():
+    yield
+    return
+  if os.path.exists(str(wd.path)) and not os.path.isdir(str(wd.path)):
+    raise ValueError(f"--workdir={wd.path} is a file, not a folder: choose another path.")
+  os.makedirs(str(wd.path), exist_ok=True)
+  me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%F %T")}
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        other = json.loads(open(path).read())
+      except (OSError, ValueError):
+        other = {}
+      host, pid = other.get("host"), other.get("pid")
+      if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+        logging.warning("%s: the run that held it (PID %d) is gone; taking it over.", path, pid)
+        os.remove(path)
+        continue
+      raise WorkdirBusyError(
+          f"{wd.path} is in use by another run (host {host}, PID {pid}, since "
+          f"{other.get('since')}): wait for it or use another --workdir; if that run is "
+          f"gone, delete {path}.") from None
+    with os.fdopen(fd, "w") as f:
+      json.dump(me, f)
+    break
+  try:
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      os.remove(path)
 
 
 def is_main_process() -> bool:

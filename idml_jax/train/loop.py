@@ -32,6 +32,7 @@ from idml_jax.train.checkpoint import (
     is_main_process,
     read_json,
     run_changes,
+    workdir_lock,
     write_json,
 )
 from idml_jax.train.evaluate import embed_split, evaluate
@@ -225,6 +226,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
   ``devices``: the devices of the data-parallel mesh (default: all).
   """
+  with workdir_lock(Workdir(workdir)):
+    return _train_and_evaluate(config, workdir, devices)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices) -> dict:
   run = open_run(config, workdir, devices)
   state, start = _initial_state(run)
   cfg, wd, ckpts = run.config, run.workdir, run.ckpts
