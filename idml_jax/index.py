@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -126,6 +127,19 @@ def _crc(path: str) -> int:
     while chunk := f.read(1 << 20):
       crc = zlib.crc32(chunk, crc)
   return crc
+
+
+def _scann_problem(scann_dir: str, crcs: dict | None) -> str | None:
+  """What is wrong with a saved ScaNN folder against its recorded checksums, or None."""
+  if crcs is None:  # Saved before checksums were recorded: loaded as it is.
+    return None
+  for name, crc in crcs.items():
+    path = os.path.join(scann_dir, name)
+    if not os.path.exists(path):
+      return f"{name} is missing"
+    if _crc(path) != crc:
+      return f"{name} does not match its checksum"
+  return None
 
 
 class GalleryIndex:
@@ -296,11 +310,14 @@ class GalleryIndex:
         text = re.sub(r'asset_path: "([^"]*/)?([^"/]+)"', r'asset_path: "\2"', f.read())
       with open(assets, "w") as f:
         f.write(text)
+    scann_files = (sorted(os.listdir(os.path.join(tmp, "scann")))
+                   if self._searcher is not None else [])
     meta = {"format": FORMAT, "size": len(self), "dim": self.dim,
             "max_k": self.max_k_requested,
             "backend": self.backend, "ism": self.ism, "source": self.source,
             "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
-            "arrays_crc32": _crc(os.path.join(tmp, "arrays.npz"))}
+            "arrays_crc32": _crc(os.path.join(tmp, "arrays.npz")),
+            "scann_crc32": {f: _crc(os.path.join(tmp, "scann", f)) for f in scann_files}}
     with open(os.path.join(tmp, "index.json"), "w") as f:
       json.dump(meta, f, indent=1)
     shutil.rmtree(old, ignore_errors=True)
@@ -314,6 +331,11 @@ class GalleryIndex:
     """An index saved by :meth:`save` (``backend``: override the saved one)."""
     meta_path = os.path.join(directory, "index.json")
     arrays_path = os.path.join(directory, "arrays.npz")
+    old = os.path.abspath(directory) + ".old"
+    if not os.path.exists(directory) and os.path.exists(os.path.join(old, "index.json")):
+      os.rename(old, directory)  # A save killed between its two renames.
+      logging.warning("%s: an interrupted save left it missing; restored the previous index "
+                      "from %s.", directory, old)
     if not os.path.exists(meta_path):
       raise IndexFileError(f"{directory!r} holds no index (no index.json): build one with "
                            "`python -m idml_jax.search --gallery=G.npz --save_index=DIR`.")
@@ -343,12 +365,20 @@ class GalleryIndex:
     self.thresholds = (None if meta["thresholds"] is None
                        else Thresholds.from_dict(meta["thresholds"]))
     scann_dir = os.path.join(directory, "scann")
+    self._searcher = None
     if self.backend == saved != "jax" and os.path.isdir(scann_dir):
-      import scann
-      self._searcher = scann.scann_ops_pybind.load_searcher(scann_dir)
-      if self._searcher.size() != len(self.names):
-        raise IndexFileError(f"{scann_dir} holds {self._searcher.size()} items, the index "
-                             f"{len(self.names)}: rebuild the index.")
-    else:
+      problem = _scann_problem(scann_dir, meta.get("scann_crc32"))
+      if problem is None:
+        try:
+          import scann
+          self._searcher = scann.scann_ops_pybind.load_searcher(scann_dir)
+        except Exception as e:  # noqa: BLE001  Any failure: the arrays are the source of truth.
+          problem = f"it does not load ({type(e).__name__})"
+      if problem is None and self._searcher.size() != len(self.names):
+        problem = f"it holds {self._searcher.size()} items, the index {len(self.names)}"
+      if problem is not None:
+        logging.warning("%s: %s; the searcher was rebuilt from arrays.npz.", scann_dir, problem)
+        self._searcher = None
+    if self._searcher is None:
       self._build()
     return self

@@ -384,3 +384,29 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(t
   (tmp_path / "file").write_text("")
   with pytest.raises(ValueError, match="is a file, not a folder"):
     loop.train_and_evaluate(tiny(method="baseline"), str(tmp_path / "file"))
+
+
+TB_FULL_DISK = textwrap.dedent("""
+    import errno, sys
+    from tensorboardX import record_writer
+    from idml_jax.train.checkpoint import Workdir
+    from idml_jax.train.reporting import MetricWriter
+    writer = MetricWriter(Workdir(sys.argv[1]))
+    writer.write(0, {"loss": 1.0})
+    def full(*args):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    record_writer.RecordWriter.write = record_writer.RecordWriter.flush = full
+    writer.write(1, {"loss": 0.5})  # The disk fills: TensorBoard's writes fail.
+    writer.close()
+    print("closed")
+""")
+
+
+def test_tensorboard_on_a_full_disk_is_closed_quietly(tmp_path):
+  out = subprocess.run([sys.executable, "-c", TB_FULL_DISK, str(tmp_path)], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == "closed", out.stderr
+  assert "Traceback" not in out.stderr and "Exception" not in out.stderr, out.stderr
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert len(lines) <= 1 and all("TensorBoard" in line for line in lines), lines
+  assert [json.loads(r)["step"] for r in open(tmp_path / "metrics.jsonl")] == [0, 1]

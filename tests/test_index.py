@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -270,3 +271,44 @@ def test_add_validates_every_array_before_changing_anything(what):
   with pytest.raises(ValueError, match="uncertainties contain NaN/inf in 1 of 10"):
     index.add(emb[200:210], **bad)
   assert len(index) == 200
+
+
+def _flip_middle(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "from_another_index"])
+def test_damaged_scann_files_are_rebuilt_from_the_arrays(tmp_path, damage, caplog):
+  emb, labels, unc, names = _gallery(200, seed=5)
+  queries = emb[:30] + 0.05
+  GalleryIndex(emb, names, labels, unc, max_k=10, backend="scann").save(str(tmp_path / "i"))
+  want = GalleryIndex(emb, max_k=10, backend="jax").search(queries, 5)
+  dataset = tmp_path / "i" / "scann" / "dataset.npy"
+  if damage == "flipped":
+    _flip_middle(dataset)
+  elif damage == "truncated":
+    dataset.write_bytes(dataset.read_bytes()[:1000])
+  else:  # Another gallery's ScaNN folder, same size, copied over this one's.
+    other = np.random.default_rng(9).standard_normal(emb.shape).astype(np.float32)
+    GalleryIndex(other, max_k=10, backend="scann").save(str(tmp_path / "other"))
+    shutil.rmtree(tmp_path / "i" / "scann")
+    shutil.copytree(tmp_path / "other" / "scann", tmp_path / "i" / "scann")
+  with caplog.at_level("WARNING"):
+    loaded = GalleryIndex.load(str(tmp_path / "i"))
+  assert "rebuilt from arrays.npz" in caplog.text
+  scores, indices = loaded.search(queries, 5)
+  np.testing.assert_array_equal(indices, want[1])
+  np.testing.assert_allclose(scores, want[0], atol=1e-5)
+
+
+def test_an_interrupted_save_is_recovered_from_dir_old(tmp_path, caplog):
+  emb, labels, unc, names = _gallery(80)
+  GalleryIndex(emb, names, labels, unc, max_k=10, backend="scann").save(str(tmp_path / "i"))
+  os.rename(tmp_path / "i", tmp_path / "i.old")  # Killed between the two renames of save().
+  (tmp_path / "i.saving").mkdir()
+  with caplog.at_level("WARNING"):
+    loaded = GalleryIndex.load(str(tmp_path / "i"))
+  assert len(loaded) == 80 and "restored the previous index from" in caplog.text
+  assert (tmp_path / "i" / "index.json").exists() and not (tmp_path / "i.old").exists()

@@ -7,15 +7,36 @@ restored step, so a replayed step is never logged twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
+import traceback
 
 from idml_jax.train.checkpoint import Workdir
 
 
+def _quiet_tensorboard_threads(previous):
+  """A ``threading.excepthook`` that drops tensorboardX's writer-thread I/O errors (a full
+  disk): MetricWriter says it once; everything else goes to ``previous``."""
+
+  def hook(args):
+    if issubclass(args.exc_type, OSError) and "tensorboardX" in "".join(
+        traceback.format_tb(args.exc_traceback)):
+      return
+    previous(args)
+
+  hook.quiet_tensorboard = True
+  return hook
+
+
 class MetricWriter:
-  """Writes scalars to ``metrics.jsonl`` and TensorBoard (main process only)."""
+  """Writes scalars to ``metrics.jsonl`` and TensorBoard (main process only).
+
+  TensorBoard is best-effort: when its files cannot be written (a full disk), one warning
+  says so and they stop; ``metrics.jsonl`` and the run's own errors are unaffected.
+  """
 
   def __init__(self, workdir: Workdir, *, resume_step: int = 0, enabled: bool = True):
     self.enabled = enabled
@@ -30,6 +51,8 @@ class MetricWriter:
     try:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(workdir.tensorboard))
+      if not getattr(threading.excepthook, "quiet_tensorboard", False):
+        threading.excepthook = _quiet_tensorboard_threads(threading.excepthook)
     except ImportError:  # pragma: no cover - tensorboardX is a declared dependency.
       logging.warning("tensorboardX missing: no TensorBoard files.")
 
@@ -44,14 +67,27 @@ class MetricWriter:
     else:
       self._path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
     if self._tb is not None:
-      for k, v in row.items():
-        if k != "step":
-          self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags: no '@'.
-      self._tb.flush()
+      try:
+        for k, v in row.items():
+          if k != "step":
+            self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags: no '@'.
+        self._tb.flush()
+      except OSError as e:
+        self._give_up_tensorboard(e)
+
+  def _give_up_tensorboard(self, error: OSError) -> None:
+    logging.warning("TensorBoard files are no longer written (%s); metrics.jsonl is.", error)
+    for w in getattr(self._tb, "all_writers", {}).values():  # Its atexit close: a no-op.
+      with contextlib.suppress(AttributeError):
+        w.event_writer._closed = True  # noqa: SLF001
+    self._tb = None
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError as e:
+        self._give_up_tensorboard(e)
 
 
 def read_metrics(workdir: Workdir) -> list[dict]:
