@@ -35,7 +35,7 @@ from absl import app, flags
 from matplotlib.figure import Figure
 
 from idml_jax.evaluation.inputs import check_finite
-from idml_jax.index import GalleryIndex, Thresholds
+from idml_jax.index import GalleryIndex, Thresholds, read_embeddings
 
 
 def threshold_curve(scores: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
@@ -144,7 +144,7 @@ def main(argv):
       sys.exit("calibrate: the gallery has no labels: embed a folder of class sub-folders "
                "(idml_jax.embed stores each image's folder as its label).")
     if _QUERIES.value:
-      held = np.load(_QUERIES.value)
+      held = read_embeddings(_QUERIES.value, "queries")
       if "labels" not in held:
         sys.exit(f"calibrate: {_QUERIES.value} has no labels: embed a folder of class "
                  "sub-folders (idml_jax.embed stores each image's folder as its label).")

@@ -76,6 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
   embedding = models.EmbeddingModel  # Its field defaults are the config's (one source).
   c.model.embedding_dim = embedding.embedding_dim
   c.model.pretrained = ""  # Orbax dir or .pth/.safetensors (idml_jax.models.convert).
+  # A from-scratch backbone's convolutions: kaiming_normal (torchvision's ResNet init, as
+  # built) | torch (nn.Conv2d's default U(±1/sqrt(fan_in)); BENCHMARKS.md, "Real images").
+  c.model.conv_init = "kaiming_normal"
   c.model.dtype = "float32"  # Compute dtype of the backbone; "bfloat16" on accelerators.
   # auto: train from scratch, frozen over pretrained weights | frozen: running statistics,
   # scale/shift not trained (the papers) | frozen_stats: running statistics, scale/shift
@@ -202,6 +205,7 @@ _CHOICES = {
     "iaa.synthesis_root": iaa.SYNTHESIS_ROOTS,
     "ism.semantic_distance": ("raw", "normalized"),
     "ism.pair_uncertainty": ("sum", "anchor"),
+    "model.conv_init": models.CONV_INITS,
     "eval.backend": evaluation.RETRIEVAL_BACKENDS,
     "eval.kmeans": evaluation.KMEANS_BACKENDS,
 }

@@ -37,12 +37,15 @@ def main(argv):
   from idml_jax.evaluation.inputs import check_finite
 
   logging.getLogger().setLevel(logging.INFO)
-  trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
-  emb = inference.embed_folder(trained, _IMAGES.value)
-  for key in ("logits", "semantic", "uncertainty_norm"):  # Nothing non-finite is stored.
-    if key in emb:
-      check_finite(emb[key], f"The {key} outputs of the {trained.checkpoint} checkpoint "
-                             f"(step {trained.step}) of {_WORKDIR.value}")
+  try:
+    trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
+    emb = inference.embed_folder(trained, _IMAGES.value)
+    for key in ("logits", "semantic", "uncertainty_norm"):  # Nothing non-finite is stored.
+      if key in emb:
+        check_finite(emb[key], f"The {key} outputs of the {trained.checkpoint} checkpoint "
+                               f"(step {trained.step}) of {_WORKDIR.value}")
+  except (ValueError, OSError, KeyError) as e:  # A workdir, checkpoint or folder to fix.
+    sys.exit(f"embed: {e}")
   names = [str(n) for n in emb["names"]]
   if all(os.sep in n for n in names):
     emb["labels"] = np.asarray([n.split(os.sep, 1)[0] for n in names])

@@ -129,6 +129,30 @@ def _crc(path: str) -> int:
   return crc
 
 
+def read_embeddings(path: str, what: str = "embeddings") -> dict[str, np.ndarray]:
+  """The arrays of an ``idml_jax.embed`` ``.npz`` (``semantic`` [N, D], ``names`` [N], ...),
+  or a one-line :class:`IndexFileError` naming the file and the fix."""
+  redo = f"embed it again with `python -m idml_jax.embed ... --out={path}`"
+  if not os.path.isfile(path):
+    raise IndexFileError(f"The {what} file {path} does not exist.")
+  if os.path.getsize(path) == 0:
+    raise IndexFileError(f"The {what} file {path} is empty (0 bytes): {redo}.")
+  try:
+    with np.load(path) as z:
+      arrays = {k: z[k] for k in z.files}
+  except Exception as e:  # noqa: BLE001  zipfile/numpy errors of a truncated or foreign file.
+    raise IndexFileError(f"The {what} file {path} is not a readable .npz ({type(e).__name__}: "
+                         f"{e}; truncated?): {redo}.") from None
+  for key in ("semantic", "names"):
+    if key not in arrays:
+      raise IndexFileError(f"The {what} file {path} has no '{key}' array (it has "
+                           f"{', '.join(arrays) or 'none'}): {redo}.")
+  if arrays["semantic"].ndim != 2 or len(arrays["semantic"]) == 0:
+    raise IndexFileError(f"The {what} file {path} holds {arrays['semantic'].shape} semantic "
+                         f"embeddings; [N, D] with N >= 1 is needed: {redo}.")
+  return arrays
+
+
 def _scann_problem(scann_dir: str, crcs: dict | None) -> str | None:
   """What is wrong with a saved ScaNN folder against its recorded checksums, or None."""
   if crcs is None:  # Saved before checksums were recorded: loaded as it is.
@@ -347,6 +371,11 @@ class GalleryIndex:
     if meta.get("format") != FORMAT:
       raise IndexFileError(f"{directory} has index format {meta.get('format')}; this version "
                            f"reads {FORMAT}: rebuild the index.")
+    missing = [k for k in ("max_k", "ism", "source", "thresholds", "arrays_crc32")
+               if k not in meta] + ([] if "backend" in meta or "approximate" in meta
+                                    else ["backend"])
+    if missing:
+      raise IndexFileError(f"{meta_path} lacks {', '.join(missing)}: rebuild the index.")
     if not os.path.exists(arrays_path) or _crc(arrays_path) != meta["arrays_crc32"]:
       raise IndexFileError(f"{arrays_path} is missing or damaged (checksum mismatch): rebuild "
                            "the index.")

@@ -44,6 +44,9 @@ def _user_error(e: BaseException) -> str | None:
   if isinstance(e, OSError) and e.errno == errno.ENOSPC:
     return (f"No space left on device ({e.filename or e}). Completed checkpoints are intact: "
             "free some space and re-run the same command to resume.")
+  if isinstance(e, PermissionError):
+    return (f"Permission denied: {e.filename or e}: make --workdir writable or choose "
+            "another --workdir.")
   if isinstance(e, (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError,
                     NonFiniteEmbeddingsError, WorkdirBusyError)):
     return str(e)
@@ -73,12 +76,18 @@ def main(argv):
     handler.addFilter(_quiet_orbax)
   from idml_jax.train.loop import evaluate_only, train_and_evaluate
 
+  config = _CONFIG.value
+  try:
+    config.keys()  # ml_collections defers a config file that failed to load: raised here.
+  except OSError as e:
+    logging.error("--config: %s", _root_cause(str(e)))
+    sys.exit(1)
   try:
     if _MODE.value == "train":
-      results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      results = train_and_evaluate(config, _WORKDIR.value)
       print(json.dumps({"final": results["final"], "best": results["best"]}, indent=1))
     else:
-      print(json.dumps(evaluate_only(_CONFIG.value, _WORKDIR.value), indent=1))
+      print(json.dumps(evaluate_only(config, _WORKDIR.value), indent=1))
   except KeyboardInterrupt:
     sys.exit(130)  # The loop has said which checkpoint is kept.
   except Exception as e:  # noqa: BLE001
@@ -89,13 +98,22 @@ def main(argv):
     sys.exit(1)
 
 
+def _root_cause(message: str) -> str:
+  """The last line of a message that embeds a traceback: the error that started it."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return lines[-1] if lines else message
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with an override of a key the schema does not have (a typo, or a
   key of an older schema) reported in one line naming the key to use."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.")
+    message = str(e)
+    if "Traceback (most recent call last)" in message:  # The config file's get_config failed.
+      message = f"{message.split(': Error whilst', 1)[0]}: {_root_cause(message)}"
+    sys.exit(f"FATAL Flags parsing error: {message}\nPass --helpfull to see help on flags.")
   except (AttributeError, KeyError) as e:
     from idml_jax import config as config_lib
 

@@ -11,9 +11,10 @@ run of the command, evaluation included). Values are percentages, as in the pape
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from idml_jax.train.checkpoint import Workdir, read_json
+from idml_jax.train.checkpoint import Workdir
 
 _DEFAULT_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@100",
                  "recall@1000", "recall@20", "recall@30", "r_precision", "map@r", "nmi", "f1",
@@ -24,9 +25,15 @@ def summarize(workdir: str) -> dict:
   """``{name, config, epochs, best_epoch, seconds_per_epoch, rows: [(metric, best, final,
   paper or None)]}`` of a finished run, or a ValueError saying what is missing."""
   wd = Workdir(workdir)
-  results = read_json(wd.results_file, "results.json")
-  if results is None:
-    raise ValueError(f"{wd.results_file} not found or damaged: is {workdir!r} a finished run?")
+  if not wd.results_file.exists():
+    raise ValueError(f"{wd.results_file} not found: is {workdir!r} a finished run?")
+  try:
+    results = json.loads(wd.results_file.read_text())
+    _ = results["config"], results["final"], results["steps"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{wd.results_file} is damaged ({type(e).__name__}: {e}): evaluate the "
+                     f"run again (python -m idml_jax.main --mode=eval --workdir={workdir} "
+                     "--config=...) to rewrite it.") from None
   config = results["config"]
   paper = config.get("paper") or {}
   best, final = results.get("best") or {}, results["final"]

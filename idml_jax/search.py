@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from idml_jax.evaluation import SEARCH_BACKENDS
-from idml_jax.index import GalleryIndex
+from idml_jax.index import GalleryIndex, read_embeddings
 
 _GALLERY = flags.DEFINE_string("gallery", None, "Gallery .npz (from idml_jax.embed).")
 _INDEX = flags.DEFINE_string("index", None, "A saved index folder (--save_index).")
@@ -44,7 +44,7 @@ def _opt(npz, key):
 
 
 def _gallery_index(path: str) -> GalleryIndex:
-  g = np.load(path)
+  g = read_embeddings(path, "gallery")
   ism = ({"a": float(g["ism_a"]), "b": float(g["ism_b"]),
           "semantic_distance": str(g["semantic_distance"])} if "ism_a" in g else None)
   source = {k: str(g[k]) for k in ("workdir", "checkpoint", "step") if k in g}
@@ -75,7 +75,7 @@ def main(argv):
     if self_query:
       queries, q_names, q_unc = index.embeddings, index.names, index.uncertainty_norm
     else:
-      q = np.load(_QUERIES.value)
+      q = read_embeddings(_QUERIES.value, "queries")
       queries, q_names, q_unc = q["semantic"], q["names"], _opt(q, "uncertainty_norm")
     matches = index.query(queries, _K.value, q_unc, rerank=_RERANK.value,
                           exclude_self=self_query)

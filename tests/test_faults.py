@@ -410,3 +410,57 @@ def test_tensorboard_on_a_full_disk_is_closed_quietly(tmp_path):
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert len(lines) <= 1 and all("TensorBoard" in line for line in lines), lines
   assert [json.loads(r)["step"] for r in open(tmp_path / "metrics.jsonl")] == [0, 1]
+
+
+def _bad_inputs(tmp):
+  """(command args, what the one line must say) for each bad input, files made under tmp."""
+  (tmp / "empty").mkdir()
+  (tmp / "zero.npz").write_bytes(b"")
+  np.savez(tmp / "rows0.npz", semantic=np.zeros((0, 4), np.float32), names=np.array([], str))
+  np.savez(tmp / "nosem.npz", names=np.array(["a.png"]))
+  good = (tmp / "rows0.npz").read_bytes()
+  (tmp / "cut.npz").write_bytes(good[:len(good) // 2])
+  (tmp / "run").mkdir()
+  (tmp / "run" / "results.json").write_text('{"final": ')
+  np.savez(tmp / "g.npz", semantic=np.eye(6, 4, dtype=np.float32), names=np.arange(6).astype(str))
+  return [
+      (["idml_jax.embed", f"--workdir={tmp / 'nothing'}", f"--images={tmp / 'empty'}",
+        f"--out={tmp / 'e.npz'}"], "embed: ", "is not a training workdir"),
+      (["idml_jax.search", f"--gallery={tmp / 'zero.npz'}"], "search: ", "is empty (0 bytes)"),
+      (["idml_jax.search", f"--gallery={tmp / 'cut.npz'}"], "search: ", "not a readable .npz"),
+      (["idml_jax.search", f"--gallery={tmp / 'rows0.npz'}"], "search: ", "N >= 1 is needed"),
+      (["idml_jax.search", f"--gallery={tmp / 'nosem.npz'}"], "search: ", "no 'semantic' array"),
+      (["idml_jax.search", f"--gallery={tmp / 'g.npz'}", f"--queries={tmp / 'zero.npz'}",
+        "--k=1"], "search: ", "queries file"),
+      (["idml_jax.report", str(tmp / "run")], "report: ", "is damaged"),
+      (["idml_jax.main", f"--config={tmp / 'missing.py'}", f"--workdir={tmp / 'w'}"], "",
+       "No such file or directory"),
+      (["idml_jax.main", f"--config={ROOT}/configs/demo.py:bogus", f"--workdir={tmp / 'w'}"],
+       "FATAL Flags parsing error", "Unknown config argument 'bogus'"),
+  ]
+
+
+def test_bad_inputs_to_every_command_end_in_one_line(tmp_path):
+  for args, first, says in _bad_inputs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    lines = _errors(out)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+    assert 1 <= len(lines) <= 2 and says in lines[0], (args, lines)
+    assert lines[0].startswith(first) or first in lines[0], (args, lines)
+
+
+def test_a_saved_index_missing_a_key_is_refused_in_one_line(tmp_path):
+  from idml_jax.index import GalleryIndex, IndexFileError
+  GalleryIndex(np.eye(6, 4, dtype=np.float32), backend="jax").save(str(tmp_path / "i"))
+  meta = json.loads((tmp_path / "i" / "index.json").read_text())
+  del meta["max_k"]
+  (tmp_path / "i" / "index.json").write_text(json.dumps(meta))
+  with pytest.raises(IndexFileError, match=r"index.json lacks max_k: rebuild the index"):
+    GalleryIndex.load(str(tmp_path / "i"))
+
+
+def test_a_permission_error_is_told_in_one_line():
+  from idml_jax.main import _user_error
+  message = _user_error(PermissionError(13, "Permission denied", "/data/run/checkpoints"))
+  assert message.startswith("Permission denied: /data/run/checkpoints") and "\n" not in message

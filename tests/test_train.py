@@ -370,3 +370,27 @@ def test_small_images_recipe_validates(arg):
   assert (c.mixing.kind == "mixup") == ("idml" in arg)
   with pytest.raises(ValueError, match="pair losses"):
     load_config("small_images.py", "iaa,pa")
+
+
+def test_conv_init_torch_draws_each_convolution_as_pytorch_does():
+  import flax.traverse_util
+  import torch
+
+  from idml_jax.train.state import _variables, make_model
+  flat = lambda c: flax.traverse_util.flatten_dict(_variables(c, make_model(c, 5))["params"])
+  default = flat(tiny(method="idml", loss="proxy_anchor"))
+  drawn = flat(tiny(method="idml", loss="proxy_anchor", model__conv_init="torch"))
+  convs = [p for p, v in drawn.items() if p[-1] == "kernel" and v.ndim == 4]
+  assert len(convs) >= 10 and all(p[0] == "backbone" for p in convs)
+  for path, value in drawn.items():
+    if path in convs:  # U(±1/sqrt(fan_in)), fan_in = H·W·I of the HWIO kernel.
+      bound = 1 / np.sqrt(np.prod(value.shape[:-1]))
+      assert np.abs(value).max() <= bound and not np.array_equal(value, default[path])
+      if value.size >= 2000:
+        assert np.var(value) == pytest.approx(bound**2 / 3, rel=0.15)
+    else:  # Heads, BatchNorm: as built.
+      np.testing.assert_array_equal(value, default[path])
+  w = torch.nn.Conv2d(8, 16, 3).weight.detach().numpy()  # PyTorch's own draw: the same law.
+  bound = 1 / np.sqrt(8 * 9)
+  assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+  assert np.var(w) == pytest.approx(bound**2 / 3, rel=0.15)

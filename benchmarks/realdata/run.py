@@ -50,6 +50,8 @@ VARIANTS = {
     "a0": {"ism.a": 0.0},
     "raw": {"ism.semantic_distance": "raw"},
     "anchor": {"ism.pair_uncertainty": "anchor"},
+    # The recipe: PyTorch's default convolution initialisation (learning_curves.py).
+    "torch_init": {"model.conv_init": "torch"},
 }
 
 

@@ -27,6 +27,7 @@ from idml_jax.models.embedding import (
   uncertainty_embedding,
 )
 from idml_jax.models.googlenet import GoogLeNet
+from idml_jax.models.layers import CONV_INITS
 from idml_jax.models.resnet import resnet
 from idml_jax.models.vit import POOLS as VIT_POOLS
 from idml_jax.models.vit import VARIANTS as VIT_VARIANTS
@@ -127,6 +128,7 @@ def make_backbone(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
     "BACKBONES",
+    "CONV_INITS",
     "CAFFE_BGR",
     "CIFAR",
     "CLIP",

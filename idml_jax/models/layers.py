@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 
+import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -58,3 +60,27 @@ def avg_pool(x: jnp.ndarray, kernel: int, stride: int, padding: int = 0) -> jnp.
   """NHWC average pool, PyTorch's ``count_include_pad=True`` (zeros counted)."""
   pads = ((padding, padding), (padding, padding))
   return nn.avg_pool(x, (kernel, kernel), (stride, stride), padding=pads, count_include_pad=True)
+
+
+def torch_conv_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """PyTorch's ``nn.Conv2d`` default, ``kaiming_uniform_(a=sqrt(5))``: U(±1/sqrt(fan_in)),
+  for an HWIO kernel (fan_in = H·W·I)."""
+  bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# ``model.conv_init`` -> how a from-scratch backbone's convolution kernels are drawn: as
+# built (Kaiming-normal fan-out, torchvision's ResNet initialisation) or PyTorch's default.
+CONV_INITS = {"kaiming_normal": None, "torch": torch_conv_init}
+
+
+def reinitialize_convolutions(params: dict, key: jax.Array, conv_init: str) -> dict:
+  """``params`` with every 4-D ``kernel`` (a convolution) drawn again by ``conv_init``."""
+  init = CONV_INITS[conv_init]
+  if init is None:
+    return params
+  flat = flax.traverse_util.flatten_dict(params)
+  for i, (path, value) in enumerate(sorted(flat.items())):
+    if path[-1] == "kernel" and value.ndim == 4:
+      flat[path] = init(jax.random.fold_in(key, i), value.shape, value.dtype)
+  return flax.traverse_util.unflatten_dict(flat)

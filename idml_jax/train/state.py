@@ -20,6 +20,7 @@ from jax.sharding import Sharding
 from idml_jax import config as config_lib
 from idml_jax import iaa
 from idml_jax.models import convert, get_backbone, make_backbone
+from idml_jax.models.layers import reinitialize_convolutions
 from idml_jax.optim import make_optimizer
 from idml_jax.tasks import get_task
 
@@ -63,8 +64,15 @@ def _task_params(config: ml_collections.ConfigDict, num_classes: int) -> dict:
 
 def _variables(config: ml_collections.ConfigDict, model: nn.Module) -> dict:
   size = config.data.image_size
-  return model.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
-                    jnp.zeros((1, size, size, 3)))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  variables = model.init(key, jnp.zeros((1, size, size, 3)))
+  if config.model.conv_init != "kaiming_normal":  # model.conv_init: the backbone's convs.
+    params = dict(variables["params"])
+    params["backbone"] = reinitialize_convolutions(params["backbone"],
+                                                   jax.random.fold_in(key, 1),
+                                                   config.model.conv_init)
+    variables = {**variables, "params": params}
+  return variables
 
 
 def init_state(config: ml_collections.ConfigDict, model: nn.Module,
