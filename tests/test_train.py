@@ -394,3 +394,48 @@ def test_conv_init_torch_draws_each_convolution_as_pytorch_does():
   bound = 1 / np.sqrt(8 * 9)
   assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
   assert np.var(w) == pytest.approx(bound**2 / 3, rel=0.15)
+
+
+def _classification_config():
+  c = load_config("classification.py", "demo,idml_cutmix,runlocal")
+  c.data.num_threads = 2
+  return c
+
+
+@pytest.mark.parametrize("method", ["baseline", "idml", "iaa", "idml+iaa", "classification"])
+def test_steps_between_logs_read_nothing_back_from_the_device(tmp_path, monkeypatch, method):
+  """A read-back (float(), np.asarray, .item(), device_get ...) waits for the device queue: the
+  host could not run ahead. Only logging steps and epoch ends may read."""
+  from jax._src import array
+
+  from idml_jax.train import steps as steps_lib
+  c = (_classification_config() if method == "classification" else
+       tiny(method=method, iaa__start_epoch=0, iaa__update_every=1))
+  c.num_epochs, c.max_steps_per_epoch, c.log_every_steps = 2, 4, 3
+  c.eval.every_epochs, c.eval.at_start, c.eval.nmi = 2, False, False
+  done, reads = [0], {}
+
+  def counted(fn):
+    def wrapper(*args, **kwargs):
+      reads[done[0]] = reads.get(done[0], 0) + 1
+      return fn(*args, **kwargs)
+    return wrapper
+
+  for name in ("__float__", "__int__", "__bool__", "__index__", "__array__", "item", "tolist"):
+    monkeypatch.setattr(array.ArrayImpl, name, counted(getattr(array.ArrayImpl, name)))
+  monkeypatch.setattr(jax, "device_get", counted(jax.device_get))
+  real_step = steps_lib.Steps.train_step
+
+  def train_step(self, *args, **kwargs):
+    out = real_step(self, *args, **kwargs)
+    done[0] += 1  # Reads from here to the next step belong to this step.
+    return out
+
+  monkeypatch.setattr(steps_lib.Steps, "train_step", train_step)
+  loop.train_and_evaluate(c, str(tmp_path))
+  total = c.num_epochs * c.max_steps_per_epoch
+  assert done[0] == total
+  quiet = [s for s in range(1, total + 1) if s % c.log_every_steps and s % c.max_steps_per_epoch]
+  assert quiet == [1, 2, 5, 7]
+  assert {s: reads[s] for s in quiet if reads.get(s)} == {}
+  assert reads.get(3) and reads.get(4)  # Logging and epoch ends do read (the test can see).

@@ -50,8 +50,10 @@ VARIANTS = {
     "a0": {"ism.a": 0.0},
     "raw": {"ism.semantic_distance": "raw"},
     "anchor": {"ism.pair_uncertainty": "anchor"},
-    # The recipe: PyTorch's default convolution initialisation (learning_curves.py).
+    # The recipe: PyTorch's default convolution initialisation; a plain 3-block CNN.
     "torch_init": {"model.conv_init": "torch"},
+    "cnn_small": {"model.backbone": "cnn_small"},
+    "cnn_small_torch_init": {"model.backbone": "cnn_small", "model.conv_init": "torch"},
 }
 
 
