@@ -1,6 +1,6 @@
 """Does our loop learn as well as the same recipe in PyTorch? (same batches, same network)
 
-    python benchmarks/learning_curves.py [--config small_images.py] [--arg baseline,ms] \
+    python benchmarks/learning_curves.py [--config small_images.py] [--arg baseline,ms,resnet] \
         [--data_dir /tmp/realdata/glyphs] [--backbone cnn_small] [--seeds 0,1,2] \
         [--torch_init default,ours] [--same_start] [--skip_ours]
 
@@ -165,7 +165,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--config", default="small_images.py")
-  p.add_argument("--arg", default="baseline,ms")
+  p.add_argument("--arg", default="baseline,ms,resnet")
   p.add_argument("--data_dir", default=None, help="DIR/train/<class>/*, DIR/test/<class>/*")
   p.add_argument("--backbone", default=None, help="model.backbone (default: the config's)")
   p.add_argument("--torch_init", default="default")

@@ -6,7 +6,8 @@ about 3 minutes on a 2-core CPU.
 Glyph retrieval (``idml_jax.data.glyphs``): a class is a character, its images are that
 character as the fonts bundled with matplotlib draw it (DejaVu, STIX, Computer Modern);
 79 characters train, 61 others test, 32 px. The recipe is ``configs/small_images.py``'s
-(CIFAR-stem tiny ResNet from scratch, Adam, pad-and-crop), IDML with Proxy-Anchor and
+with its ``resnet`` network (CIFAR-stem tiny ResNet from scratch, Adam,
+pad-and-crop), IDML with Proxy-Anchor and
 Mixup, for 800 steps; the untrained network is evaluated too. BENCHMARKS.md ("Real images",
 "The demo") has the measured values and what the uncertainty does on it.
 
@@ -25,7 +26,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg: str = ""):
   args = parse_arg(arg, dataset=("glyphs", ("glyphs", "patches", "digits")),
                    flags=("runlocal",))
-  c = load_module(os.path.join(_HERE, "small_images.py")).build("idml", "pa")
+  # The network the demo's figures were measured with (README, BENCHMARKS.md "The demo").
+  c = load_module(os.path.join(_HERE, "small_images.py")).build("idml", "pa", "resnet")
   c.data.source, c.data.name = "demo", args.dataset
   if args.dataset == "patches":
     c.data.image_size = c.data.resize_size = 64

@@ -4,18 +4,21 @@
         --config.data.data_dir=DIR          # DIR/train/<class>/*, DIR/test/<class>/*
 
 Argument (comma-separated): a method ``baseline | idml | iaa | idml_iaa`` (default ``idml``);
-a loss ``pa`` (Proxy-Anchor, default) | ``ms`` (Multi-Similarity) | ``contrastive``;
-``runlocal`` (seconds). The classes of ``test/`` must not be those of ``train/``.
+a loss ``pa`` (Proxy-Anchor, default) | ``ms`` (Multi-Similarity) | ``contrastive``; a network
+``cnn`` (default) | ``resnet``; ``runlocal`` (seconds). The classes of ``test/`` must not be
+those of ``train/``.
 
-The recipe (BENCHMARKS.md, "Real images"): a CIFAR-stem tiny ResNet (3×3 stem, no max-pool:
-at 32 px the ImageNet stem leaves a 1×1 map), average pooling, pad-4 random crops and
-flips, Adam at 1e-3 without weight decay or clipping, heads at the backbone's rate, no
-warm-up, BatchNorm trained, P × K = 10 × 4 batches, 1,200 steps; IDML with its Mixup, IAA
-from step 400. ``benchmarks/realdata/run.py`` measures it on two real sets, every method and
-loss (three seeds so far): glyphs reach Recall@1 0.88–0.92 from 0.58 untrained, icons only
-0.29–0.31 from 0.25. The settings were chosen before measuring (the matched recipe of a user's
-report: CIFAR stem, Adam without decay or clipping, heads ×1) and are not tuned yet; the
-proxies' 10× rate is the one untested choice.
+The recipe (BENCHMARKS.md, "Real images"): a plain CNN (``cnn_small``: three blocks of two 3×3
+convolutions with BatchNorm, 8-16-32 channels) with PyTorch's default convolution
+initialisation (``model.conv_init=torch``), or ``resnet``: a CIFAR-stem tiny ResNet with
+torchvision's initialisation (3×3 stem, no max-pool: at 32 px the ImageNet stem leaves a 1×1
+map); average pooling, pad-4 random crops and flips, Adam at 1e-3 without weight decay or
+clipping, heads at the backbone's rate, proxies at 10×, no warm-up, BatchNorm trained,
+P × K = 10 × 4 batches, 1,200 steps; IDML with its Mixup, IAA from step 400.
+``benchmarks/realdata/run.py`` measures it on two real sets, five seeds: CNN_FIGURES With
+``resnet``, every method and loss is measured (glyphs 0.58 untrained → 0.88–0.92, icons
+0.25 → 0.29–0.31). The same network in PyTorch, fed the same batches, learns the same
+(``benchmarks/learning_curves.py``). Not tuned beyond these two choices.
 """
 
 from idml_jax.config import default_config
@@ -23,17 +26,20 @@ from idml_jax.config_files import parse_arg, runlocal
 
 METHODS = {"baseline": "baseline", "idml": "idml", "iaa": "iaa", "idml_iaa": "idml+iaa"}
 LOSSES = {"pa": "proxy_anchor", "ms": "multi_similarity", "contrastive": "contrastive"}
+# network -> (model.backbone, model.conv_init)
+NETWORKS = {"cnn": ("cnn_small", "torch"), "resnet": ("resnet_tiny_cifar", "kaiming_normal")}
 
 
-def build(method: str = "idml", loss: str = "pa"):
-  """The recipe for ``method`` (a key of ``METHODS``) and ``loss`` (of ``LOSSES``)."""
+def build(method: str = "idml", loss: str = "pa", network: str = "cnn"):
+  """The recipe for ``method`` (a key of ``METHODS``), ``loss`` (of ``LOSSES``) and
+  ``network`` (of ``NETWORKS``)."""
   c = default_config()
   c.method = METHODS[method]
   c.loss.name = LOSSES[loss]
   if c.method in ("iaa", "idml+iaa") and loss == "pa":
     raise ValueError("IAA synthesises samples for pair losses: use ms or contrastive.")
   c.mixing.kind = "mixup" if c.method in ("idml", "idml+iaa") else "none"
-  c.model.backbone = "resnet_tiny_cifar"
+  c.model.backbone, c.model.conv_init = NETWORKS[network]
   c.model.embedding_dim = 64
   c.model.pooling = "avg"
   c.model.batch_norm = "train"
@@ -65,8 +71,8 @@ def build(method: str = "idml", loss: str = "pa"):
 
 def get_config(arg: str = "idml,pa"):
   args = parse_arg(arg, method=("idml", tuple(METHODS)), loss=("pa", tuple(LOSSES)),
-                   flags=("runlocal",))
-  c = build(args.method, args.loss)
+                   network=("cnn", tuple(NETWORKS)), flags=("runlocal",))
+  c = build(args.method, args.loss, args.network)
   if args.runlocal:
     runlocal(c)
   return c

@@ -361,12 +361,14 @@ def test_an_imagenet_stem_on_small_images_from_scratch_warns(caplog, backbone, s
   assert not warns or "configs/small_images.py" in caplog.text
 
 
-@pytest.mark.parametrize("arg", ["idml,pa", "baseline,ms", "iaa,ms", "idml_iaa,contrastive"])
+@pytest.mark.parametrize("arg", ["idml,pa", "baseline,ms", "iaa,ms", "idml_iaa,contrastive",
+                                 "idml,pa,resnet"])
 def test_small_images_recipe_validates(arg):
   c = load_config("small_images.py", arg)
   c.data.data_dir = "/data"
   config_lib.validate(c)
-  assert c.model.backbone == "resnet_tiny_cifar" and c.data.augment == "pad_crop"
+  want = ("resnet_tiny_cifar", "kaiming_normal") if "resnet" in arg else ("cnn_small", "torch")
+  assert (c.model.backbone, c.model.conv_init) == want and c.data.augment == "pad_crop"
   assert (c.mixing.kind == "mixup") == ("idml" in arg)
   with pytest.raises(ValueError, match="pair losses"):
     load_config("small_images.py", "iaa,pa")

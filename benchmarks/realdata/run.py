@@ -101,7 +101,7 @@ def error_structure(ev: dict) -> dict:
 def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: int,
             overrides: dict | None = None) -> dict:
   method, loss = row.split("-")
-  c = from_file(f"{CONFIG}:{method},{loss}")
+  c = from_file(f"{CONFIG}:{method},{loss},resnet")  # The table's network; variants change it.
   c.data.data_dir = os.path.join(data, set_name)
   c.seed = seed
   epochs = max(1, steps // c.max_steps_per_epoch)
