@@ -146,12 +146,14 @@ def workdir_lock(wd: Workdir):
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
       try:
-        other = json.loads(open(path).read())
+        with open(path) as f:
+          other = json.load(f)
       except (OSError, ValueError):
         other = {}
       host, pid = other.get("host"), other.get("pid")
-      if host == me["host"] and isinstance(pid, int) and not _alive(pid):
-        logging.warning("%s: the run that held it (PID %d) is gone; taking it over.", path, pid)
+      if not other or (host == me["host"] and isinstance(pid, int) and not _alive(pid)):
+        logging.warning("%s: %s; taking it over.", path, f"the run that held it (PID {pid}) is "
+                        "gone" if other else "unreadable (a run killed while taking it)")
         os.remove(path)
         continue
       raise WorkdirBusyError(
