@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -138,25 +139,26 @@ def test_embed_refuses_a_missing_output_folder_before_any_work(trained_workdir, 
 
 
 def test_embed_refuses_a_non_finite_uncertainty_and_stores_nothing(trained_workdir, image_folder,
-                                                                   tmp_path, monkeypatch):
-  from absl import flags
-
-  from idml_jax import embed
-  real = inference.embed_folder
-
-  def broken(*args, **kwargs):  # A model whose uncertainty head overflowed on one image.
-    emb = real(*args, **kwargs)
-    emb["uncertainty_norm"][0] = np.nan
-    return emb
-
-  monkeypatch.setattr(inference, "embed_folder", broken)
-  out = tmp_path / "e.npz"
-  flags.FLAGS(["embed", f"--workdir={trained_workdir}", f"--images={image_folder}",
-               f"--out={out}"])
-  try:
-    with pytest.raises(SystemExit, match=r"^embed: The uncertainty_norm outputs .*NaN/inf in "
-                                         r"1 of 12 rows"):
-      embed.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert not out.exists()
+                                                                   tmp_path):
+  script = textwrap.dedent("""
+      import sys
+      import numpy as np
+      from absl import app
+      from idml_jax import embed, inference
+      real = inference.embed_folder
+      def broken(*args, **kwargs):  # A model whose uncertainty head overflowed on one image.
+        emb = real(*args, **kwargs)
+        emb["uncertainty_norm"][0] = np.nan
+        return emb
+      inference.embed_folder = broken
+      app.run(embed.main)
+  """)
+  out_file = tmp_path / "e.npz"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  out = subprocess.run([sys.executable, "-c", script, f"--workdir={trained_workdir}",
+                        f"--images={image_folder}", f"--out={out_file}"], env=env, cwd=ROOT,
+                       capture_output=True, text=True)
+  lines = [line for line in out.stderr.splitlines() if line.startswith("embed:")]
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert len(lines) == 1 and "The uncertainty_norm outputs" in lines[0], out.stderr[-2000:]
+  assert "NaN/inf in 1 of 12 rows" in lines[0] and not out_file.exists()
