@@ -163,6 +163,9 @@ def workdir_lock(wd: Workdir):
     with os.fdopen(fd, "w") as f:
       json.dump(me, f)
     break
+  else:  # Taken over twice and lost both times: another run is starting right now.
+    raise WorkdirBusyError(f"{wd.path}: another run keeps taking its lock ({path}); wait for "
+                           "it or use another --workdir.")
   try:
     yield
   finally:
