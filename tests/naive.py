@@ -66,10 +66,17 @@ def multi_similarity(sim, labels_anchor, labels_all, batch, thresh=0.5, margin=0
   return total / len(labels_anchor)
 
 
-def ranking(sim_row, exclude):
-  """Indices sorted by decreasing similarity, equal ones by index, ``exclude`` removed."""
-  order = [j for j in np.argsort(-sim_row, kind="stable") if j != exclude]
-  return order
+def ranking(sim_row, exclude, tol=0.0):
+  """Indices sorted by decreasing similarity, equal ones by index, ``exclude`` removed.
+  With ``tol``: item i's place is the number of items that beat it — a similarity higher
+  by more than ``tol``, or within ``tol`` and a lower index (a near-tie) — one loop each."""
+  if tol == 0.0:
+    return [j for j in np.argsort(-sim_row, kind="stable") if j != exclude]
+  idx = [j for j in range(len(sim_row)) if j != exclude]
+  beaten = {i: sum(1 for j in idx if j != i and (
+      sim_row[j] > sim_row[i] + tol or (abs(sim_row[j] - sim_row[i]) <= tol and j < i)))
+      for i in idx}
+  return sorted(idx, key=lambda i: (beaten[i], i))
 
 
 def normalize(x):
@@ -79,14 +86,15 @@ def normalize(x):
   return x / np.where(n > 0, n, 1.0)
 
 
-def retrieval(q, ql, g, gl, ks, all_vs_all, per_query=False):
-  """Recall@K, R-Precision, MAP@R by sorting every query's gallery (ties by index)."""
+def retrieval(q, ql, g, gl, ks, all_vs_all, per_query=False, tol=0.0):
+  """Recall@K, R-Precision, MAP@R by sorting every query's gallery in float64 (ties, and
+  with ``tol`` near-ties, by index)."""
   sim = normalize(q) @ normalize(g).T
   hits = {k: [] for k in ks}
   rps, aps = [], []
   per = {"first_hit": [], "r_precision": [], "map@r": []}
   for i in range(len(q)):
-    order = ranking(sim[i], i if all_vs_all else -1)
+    order = ranking(sim[i], i if all_vs_all else -1, tol)
     rel = [gl[j] == ql[i] for j in order]
     r = sum(rel)
     for k in ks:

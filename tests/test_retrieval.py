@@ -175,3 +175,53 @@ def test_exact_grouped_candidates_match_naive(gallery):
     want = naive.retrieval(x, y, x, y, (1, 10, 100), all_vs_all=True)
     got = retrieval_metrics(x, y, recall_ks=(1, 10, 100), block_size=256)
   assert got == pytest.approx(want, abs=1e-9)
+
+
+def _near_tied(seed: int, n: int = 150, classes: int = 25, d: int = 8):
+  """``_data`` with 22 rows replaced by copies of others: 17 with two entries moved by one
+  float32 ulp, 5 exact (half in their source's class); None if any (relevant, other) pair
+  of some query is neither clearly tied (|Δs| < tol / 4 in float64) nor clearly apart
+  (> 4 tol)."""
+  x, y = _data(seed, n, classes, d)
+  rng = np.random.default_rng(seed + 100)
+  src, dst = rng.choice(n, 44, replace=False).reshape(2, 22)
+  x[dst] = x[src]
+  x[dst[:17], :2] = np.nextafter(x[dst[:17], :2], np.float32(np.inf))
+  y[dst[::2]] = y[src[::2]]  # Half the copies in their source's class, half elsewhere.
+  tol = evaluation.retrieval.TIE_TOLERANCE
+  sim = naive.normalize(x) @ naive.normalize(x).T
+  delta = np.abs(sim[:, :, None] - sim[:, None, :])
+  mixed = (y[None, :, None] == y[:, None, None]) != (y[None, None, :] == y[:, None, None])
+  gray = mixed & (delta >= tol / 4) & (delta <= 4 * tol)
+  return None if gray.any() else (x, y)
+
+
+@pytest.mark.parametrize("gallery", [False, True])
+def test_near_ties_match_a_float64_ranking_with_tolerance_on_every_backend(gallery):
+  # Rows equal to within float32 rounding are ties for every query, ordered by gallery
+  # index: exact arithmetic cannot tell them apart, and the relevant one must not win by
+  # rounding (it did: relevant items were scored by an einsum, the rest by a matmul).
+  x, y = next(d for d in map(_near_tied, range(20)) if d is not None)
+  tol, ks = evaluation.retrieval.TIE_TOLERANCE, (1, 2, 4, 8)
+  if gallery:
+    q, ql, g, gl = x[::3], y[::3], x, y
+    want = naive.retrieval(q, ql, g, gl, ks, all_vs_all=False, tol=tol)
+    run = lambda b, bs: query_gallery_metrics(q, ql, g, gl, recall_ks=ks, backend=b,
+                                              block_size=bs)
+  else:
+    want = naive.retrieval(x, y, x, y, ks, all_vs_all=True, tol=tol)
+    run = lambda b, bs: retrieval_metrics(x, y, recall_ks=ks, backend=b, block_size=bs)
+  for backend in RETRIEVAL_BACKENDS:
+    for block in (32, 4096):
+      assert run(backend, block) == pytest.approx(want, abs=1e-9), (backend, block)
+
+
+@pytest.mark.parametrize("eps", [1e-7, 1e-6, 1e-5])
+def test_embeddings_collapsed_to_within_float32_rounding_score_chance(eps):
+  # 1,000 rows differing by eps around one vector, 100 classes of 10: chance R@1 = 9/999.
+  r = np.random.default_rng(0)
+  x = (r.normal(size=(1, 512)) + eps * r.normal(size=(1000, 512))).astype(np.float32)
+  y = r.permutation(np.repeat(np.arange(100), 10))
+  for backend in RETRIEVAL_BACKENDS:
+    got = retrieval_metrics(x, y, recall_ks=(1,), backend=backend)
+    assert got["recall@1"] < 0.03 and got["map@r"] < 0.03, (backend, got)

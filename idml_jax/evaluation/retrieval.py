@@ -8,13 +8,15 @@ With ``R`` the number of relevant items,
 * R-Precision = #{relevant items with rank < R} / R,
 * MAP@R = (1/R) sum_{i: rank_i < R} (i + 1) / (rank_i + 1).
 
-**Ties.** Gallery items are ordered by decreasing cosine similarity, equal scores by
-increasing gallery index (the order brute-force search returns). Bitwise-identical
-embeddings are tied for every query whatever rounding the kernels that score them
-introduce. Every back-end follows this rule, so a collapsed model (all embeddings equal,
-zero, or too large to normalise naively) gets chance-level recall, never a perfect score.
-Different embeddings whose scores are equal in exact arithmetic are ordered by their
-float32 scores as computed, like any near-tie.
+**Ties.** Gallery items are ordered by decreasing cosine similarity; scores within
+``TIE_TOLERANCE`` (8 float32 ulps at 1, ~1e-6: differences float32 dot products do not
+resolve) are ties, ordered by increasing gallery index (the order brute-force search
+returns): item j beats item r when s_j > s_r + tol, or |s_j - s_r| <= tol and j < r
+(:func:`beats`), and an item's rank is the number of items that beat it. Every score of a
+back-end comes from one computation, so the relevant items and their competitors are
+rounded alike. Every back-end follows this rule, so a collapsed model (embeddings equal, or
+equal to within float32 rounding, zero, or too large to normalise naively) gets
+chance-level recall, never a perfect score.
 
 Back-ends (``backend``), one interface:
 
@@ -22,8 +24,9 @@ Back-ends (``backend``), one interface:
   items that beat it, counted block by block over the similarity matrix in JAX (symmetric
   blocks computed once in all-vs-all mode); Recall@1000 costs no more than Recall@1.
 * ``jax``, ``scann``, ``scann_ah``: a kNN search (:mod:`idml_jax.evaluation.knn`) for
-  ``max(max K, largest R)`` neighbors, ranks read off the neighbor list. Where embeddings
-  repeat (ties a neighbor list cannot resolve at its cut), the exact path is used.
+  ``max(max K, largest R)`` neighbors (one more, to see the cut), near-tied runs of the
+  list put in index order, ranks read off it. Where embeddings repeat or a near-tie
+  straddles the cut (ties a neighbor list cannot resolve), the exact path is used.
 
 Queries with no relevant item count as misses in Recall@K and are excluded from
 R-Precision and MAP@R.
@@ -42,11 +45,14 @@ import numpy as np
 
 from idml_jax import platform
 from idml_jax.evaluation import knn
-from idml_jax.evaluation.inputs import check_embeddings, duplicate_groups
-from idml_jax.ops import l2_normalize_np, top_k_candidates
+from idml_jax.evaluation.inputs import check_embeddings
+from idml_jax.ops import l2_normalize_np
 
 RETRIEVAL_BACKENDS = ("exact",) + tuple(knn.SEARCH_BACKENDS)
 NO_RANK = np.iinfo(np.int32).max  # Rank of a relevant item that does not exist.
+# Scores closer than this are tied (module doc): eight float32 ulps at 1, below what a
+# float32 dot product of unit vectors resolves.
+TIE_TOLERANCE = float(8 * np.finfo(np.float32).eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,52 +127,57 @@ def relevant_indices(query_labels: np.ndarray, gallery_labels: np.ndarray,
 # ----------------------------------------------------------------------------- exact ranks
 
 
+def beats(s_other, i_other, s_item, i_item, tol: float = TIE_TOLERANCE):
+  """Whether gallery item ``i_other`` (score ``s_other``) ranks before ``i_item`` (``s_item``):
+  a higher score by more than ``tol``, or a tie (within ``tol``) and a lower gallery index.
+  Broadcasting NumPy or JAX arrays; a -inf ``s_other`` (masked) never beats, nothing beats
+  a +inf ``s_item`` (padding)."""
+  return (s_other > s_item + tol) | ((s_other >= s_item - tol) & (i_other < i_item))
+
+
 @jax.jit
-def _relevant_scores(q: jax.Array, gallery: jax.Array, rel: jax.Array) -> jax.Array:
-  """[bq, D], [N, D], [bq, P] -> [bq, P] scores of the relevant items (-inf padding)."""
-  s = jnp.einsum("qd,qpd->qp", q, gallery[jnp.maximum(rel, 0)])
-  return jnp.where(rel >= 0, s, -jnp.inf)
+def _block_scores(qa: jax.Array, qb: jax.Array) -> jax.Array:
+  """[ba, D], [bb, D] -> [ba, bb] cosine similarities: the one computation every score of
+  the exact back-end comes from (a relevant item's and its competitors' alike)."""
+  return qa @ qb.T
 
 
-def _accumulate(s, best, best_id, best_gid, ids, gids, top_s, top_ids, axis: int):
-  """Adds one similarity block to a query block's accumulators along ``axis``.
-
-  ``s`` holds -inf at same-class pairs (the query itself included), so only other-class
-  items remain; ``ids`` are their gallery indices along ``axis``. Returns the number of
-  them that beat the best relevant item (rank of the first hit, for Recall@K with any K),
-  and the merged top-W other-class items (scores and indices, in rank order), enough to
-  rank every relevant item that can lie within the top R <= W. ``gids`` (duplicate
-  groups, or None): items bitwise equal to the best relevant item beat it by index alone.
-  """
-  expand = (lambda v: v[:, None]) if axis == 1 else (lambda v: v[None, :])
-  other = (lambda v: v[None, :]) if axis == 1 else (lambda v: v[:, None])
-  beats = s > expand(best)
-  if gids is not None:  # -inf: a same-class (masked) or padded item, which never beats.
-    beats = jnp.where(other(gids) == expand(best_gid), other(ids) < expand(best_id),
-                      beats) & (s > -jnp.inf)
-  count = jnp.sum(beats, axis=axis, dtype=jnp.int32)
-  width = top_s.shape[1]
-  cand_s, cand_pos = top_k_candidates(s, width, axis)
-  merged_s = jnp.concatenate([top_s, cand_s], axis=1)  # Earlier blocks hold lower indices.
-  merged_ids = jnp.concatenate([top_ids, ids[cand_pos]], axis=1)
-  top_s, pos = jax.lax.top_k(merged_s, width)  # Ties: the lower position, the lower index.
-  return count, top_s, jnp.take_along_axis(merged_ids, pos, axis=1)
+@jax.jit
+def _gather_relevant(s: jax.Array, rel: jax.Array, start: jax.Array,
+                     rel_s: jax.Array) -> jax.Array:
+  """Fills ``rel_s`` [ba, P] with the scores in block ``s`` [ba, bb] (columns ``start`` ...)
+  of the relevant items ``rel`` [ba, P] that lie in it."""
+  local = rel - start
+  inside = (local >= 0) & (local < s.shape[1])
+  vals = jnp.take_along_axis(s, jnp.clip(local, 0, s.shape[1] - 1), axis=1)
+  return jnp.where(inside, vals, rel_s)
 
 
-@functools.partial(jax.jit, static_argnames=("symmetric",), donate_argnums=(2, 7))
-def _block_update(qa, la, acc_a, best_a, ids_a, qb, lb, acc_b, best_b, ids_b, col_bias,
+def _count(s, ids, rel_s, rel, acc, axis: int, chunk: int = 8):
+  """Adds to ``acc`` = (counts [b, P], top-2 scores [b, 2]) the block's other-class items
+  (``s`` masked to -inf elsewhere; ``ids`` their gallery indices along ``axis``) that beat
+  each relevant item, and its two best scores."""
+  if axis == 0:
+    s = s.T
+  counts, top2 = acc
+  parts = [jnp.sum(beats(s[:, :, None], ids[None, :, None], rel_s[:, None, p:p + chunk],
+                         rel[:, None, p:p + chunk]), axis=1, dtype=jnp.int32)
+           for p in range(0, rel.shape[1], chunk)]
+  top2 = jax.lax.top_k(jnp.concatenate([top2, jax.lax.top_k(s, 2)[0]], axis=1), 2)[0]
+  return counts + jnp.concatenate(parts, axis=1), top2
+
+
+@functools.partial(jax.jit, static_argnames=("symmetric",), donate_argnums=(7, 9))
+def _block_update(s, la, lb, ids_a, ids_b, col_bias, rel_a, acc_a, rel_b, acc_b,
                   symmetric: bool):
-  """One block of the similarity matrix: queries ``qa`` (labels ``la``) against gallery
-  items ``qb`` (``lb``) and, if ``symmetric``, the transpose. ``acc_*`` = (count, top
-  scores, top indices); ``best_*`` = (score, index, group) of the best relevant item;
-  ``ids_*`` = (indices, groups or None) of the block's items; ``col_bias`` is -inf on
-  padded columns."""
-  s = jnp.where(la[:, None] == lb[None, :], -jnp.inf, qa @ qb.T + col_bias[None, :])
-  c, top_s, top_i = _accumulate(s, *best_a, *ids_b, *acc_a[1:], axis=1)
-  acc_a = (acc_a[0] + c, top_s, top_i)
+  """One block ``s`` of the similarity matrix: queries of block a (labels ``la``) against
+  gallery items of block b (``lb``) and, if ``symmetric``, the transpose. ``rel_*`` =
+  (scores, indices) of each query's relevant items; ``acc_*`` as :func:`_count`;
+  ``col_bias`` is -inf on padded columns."""
+  s = jnp.where(la[:, None] == lb[None, :], -jnp.inf, s + col_bias[None, :])
+  acc_a = _count(s, ids_b, *rel_a, acc_a, axis=1)
   if symmetric:
-    c, top_s, top_i = _accumulate(s, *best_b, *ids_a, *acc_b[1:], axis=0)
-    acc_b = (acc_b[0] + c, top_s, top_i)
+    acc_b = _count(s, ids_a, *rel_b, acc_b, axis=0)
   return acc_a, acc_b
 
 
@@ -175,32 +186,48 @@ def _pad_rows(x: np.ndarray, n: int, value) -> np.ndarray:
   return np.pad(x, pad, constant_values=value)
 
 
-def _sort_relevant(scores: np.ndarray, rel: np.ndarray, groups: np.ndarray | None):
-  """Relevant items best first: score descending, index ascending (rows of ``rel`` are in
-  index order). Bitwise-equal items share the best score of their group in the row."""
-  if groups is not None:
-    g = np.where(rel >= 0, groups[np.maximum(rel, 0)], -1)
-    for j in range(rel.shape[1]):  # P is small: one pass per column.
-      same = (g == g[:, j:j + 1]) & (rel >= 0)
-      scores[:, j] = np.where(rel[:, j] >= 0, np.max(np.where(same, scores, -np.inf), 1), -np.inf)
-  order = np.argsort(-scores, axis=1, kind="stable")
-  return np.take_along_axis(scores, order, 1), np.take_along_axis(rel, order, 1)
+def _relevant_beaten(rel_s: np.ndarray, rel: np.ndarray, chunk_elems: int = 1 << 24
+                     ) -> np.ndarray:
+  """[Q, P]: for each relevant item, how many of the query's other relevant items beat it
+  (``rel_s`` +inf and ``rel`` -1 on padding, which neither beats nor counts)."""
+  q, p = rel.shape
+  out = np.zeros((q, p), np.int64)
+  step = max(1, chunk_elems // max(p * p, 1))
+  ids = np.where(rel >= 0, rel, np.iinfo(np.int64).max)
+  other_s = np.where(rel >= 0, rel_s, -np.inf)
+  for a in range(0, q, step):
+    b = slice(a, a + step)
+    out[b] = np.sum(beats(other_s[b, None, :], ids[b, None, :], rel_s[b, :, None],
+                          ids[b, :, None]), axis=2)
+  return out
+
+
+def ranks_from_counts(beaten: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
+  """[Q, P] ranks (ascending, ``NO_RANK`` padding) from the number of gallery items that
+  beat each relevant item (any order; padding ignored). Each rank is at least one more than
+  the one before: what a sorted list gives, also where near-ties are not transitive."""
+  p = np.arange(beaten.shape[1])[None, :]
+  valid = p < n_rel[:, None]
+  r = np.sort(np.where(valid, beaten, np.iinfo(np.int64).max), axis=1)
+  r = np.maximum.accumulate(np.where(valid, r - p, 0), axis=1) + p
+  return np.where(valid, r, NO_RANK).astype(np.int64)
 
 
 def _exact_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray | None,
                  gallery_labels: np.ndarray | None, block_size: int) -> QueryRanks:
   """Ranks of each query's relevant items, exactly, without a top-K over the gallery.
 
-  One pass over the similarity matrix in ``block_size`` squares (all-vs-all: the upper
-  triangle only, each block serving its rows and, transposed, its columns).
+  Two passes over the similarity matrix in ``block_size`` squares (all-vs-all: the upper
+  triangle only, each block serving its rows and, transposed, its columns), each score
+  computed by the same program (:func:`_block_scores`): the first reads the relevant items'
+  scores, the second counts, for every relevant item, the other-class items that beat it.
   """
   all_vs_all = gallery is None
   if all_vs_all:
     gallery, gallery_labels = query, query_labels
   rel = relevant_indices(query_labels, gallery_labels, all_vs_all)
-  groups = duplicate_groups(gallery)
   nq, ng = query.shape[0], gallery.shape[0]
-  width = max(rel.shape[1], 2)  # >= 2: the second-nearest score comes from the same pass.
+  width = rel.shape[1]
   block = min(block_size, -(-max(nq, ng) // 32) * 32)
   nqp, ngp = -(-nq // block) * block, -(-ng // block) * block
   q = jnp.asarray(_pad_rows(query, nqp, 0.0))
@@ -211,47 +238,37 @@ def _exact_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarra
   lq = jnp.asarray(_pad_rows(query_labels, nqp, -1))
   lg = lq if all_vs_all else jnp.asarray(_pad_rows(gallery_labels, ngp, -1))
   sl = lambda i: slice(i * block, (i + 1) * block)
-  rel_p = jnp.asarray(_pad_rows(rel, nqp, -1))
-  rel_scores = np.concatenate([np.asarray(_relevant_scores(q[sl(i)], g, rel_p[sl(i)]))
-                               for i in range(nqp // block)])[:nq]
-  rel_scores, rel = _sort_relevant(rel_scores, rel, groups)
-  # Per gallery block: (indices, groups); per query block: the best relevant item.
-  g_ids = jnp.arange(ngp, dtype=jnp.int32)
-  g_groups = None if groups is None else jnp.asarray(_pad_rows(groups, ngp, -1))
-  ids = lambda i: (g_ids[sl(i)], None if g_groups is None else g_groups[sl(i)])
-  best_gid = np.where(rel[:, 0] >= 0, (groups if groups is not None else np.zeros(ng, int))[
-      np.maximum(rel[:, 0], 0)], -2)
-  best_all = (jnp.asarray(_pad_rows(rel_scores[:, 0], nqp, -np.inf)),
-              jnp.asarray(_pad_rows(np.where(rel[:, 0] >= 0, rel[:, 0], ngp), nqp, ngp)
-                          .astype(np.int32)),
-              jnp.asarray(_pad_rows(best_gid, nqp, -2).astype(np.int32)))
-  best = lambda i: tuple(x[sl(i)] for x in best_all)
-  acc = [(jnp.zeros((block,), jnp.int32), jnp.full((block, width), -jnp.inf, jnp.float32),
-          jnp.full((block, width), ngp, jnp.int32)) for _ in range(nqp // block)]
-  for i in range(nqp // block):
-    for j in range(i if all_vs_all else 0, ngp // block):
-      sym = all_vs_all and j != i
-      acc[i], acc_j = _block_update(q[sl(i)], lq[sl(i)], acc[i], best(i), ids(i), g[sl(j)],
-                                    lg[sl(j)], acc[j] if sym else None,
-                                    best(j) if sym else None, ids(j), col_bias[sl(j)], sym)
-      if sym:
-        acc[j] = acc_j
-  count, top_s, top_i = (np.concatenate([np.asarray(a[k]) for a in acc])[:nq] for k in range(3))
+  big = np.iinfo(np.int32).max
+  rel_p = jnp.asarray(_pad_rows(np.where(rel >= 0, rel, big), nqp, big).astype(np.int32))
+  blocks = [(i, j) for i in range(nqp // block)
+            for j in range(i if all_vs_all else 0, ngp // block)]
+  # Pass 1: each relevant item's score, read from the block that holds it.
+  rel_s = [jnp.full((block, width), jnp.inf, jnp.float32) for _ in range(nqp // block)]
+  for i, j in blocks:
+    s = _block_scores(q[sl(i)], g[sl(j)])
+    rel_s[i] = _gather_relevant(s, rel_p[sl(i)], j * block, rel_s[i])
+    if all_vs_all and j != i:
+      rel_s[j] = _gather_relevant(s.T, rel_p[sl(j)], i * block, rel_s[j])
+  # Pass 2: per relevant item, the other-class items that beat it (module doc, "Ties").
+  ids = jnp.arange(ngp, dtype=jnp.int32)
+  acc = [(jnp.zeros((block, width), jnp.int32), jnp.full((block, 2), -jnp.inf, jnp.float32))
+         for _ in range(nqp // block)]
+  for i, j in blocks:
+    sym = all_vs_all and j != i
+    rel_j = (rel_s[j], rel_p[sl(j)]) if sym else None
+    acc[i], acc_j = _block_update(_block_scores(q[sl(i)], g[sl(j)]), lq[sl(i)], lg[sl(j)],
+                                  ids[sl(i)], ids[sl(j)], col_bias[sl(j)],
+                                  (rel_s[i], rel_p[sl(i)]), acc[i], rel_j,
+                                  acc[j] if sym else None, sym)
+    if sym:
+      acc[j] = acc_j
+  others, top2 = (np.concatenate([np.asarray(a[k]) for a in acc])[:nq] for k in range(2))
+  rel_scores = np.concatenate([np.asarray(r) for r in rel_s])[:nq]
   n_rel = np.sum(rel >= 0, axis=1)
-  # Other-class items beating each relevant item, capped at W (enough for ranks < R <= W).
-  beats = top_s[:, None, :] > rel_scores[:, :, None]
-  if groups is not None:
-    top_g = np.where(top_i < ng, np.concatenate([groups, [-1]])[np.minimum(top_i, ng)], -3)
-    rel_g = np.where(rel >= 0, groups[np.maximum(rel, 0)], -4)
-    beats = np.where(top_g[:, None, :] == rel_g[:, :, None], top_i[:, None, :] < rel[:, :, None],
-                     beats) & (top_s[:, None, :] > -np.inf)
-  above = np.sum(beats, axis=2)
-  above[:, 0] = count
-  above = np.maximum.accumulate(above, axis=1)  # A relevant item ranks below those before it.
-  p = np.arange(rel.shape[1])[None, :]
-  ranks = np.where(p < n_rel[:, None], above + p, NO_RANK).astype(np.int64)
+  ranks = ranks_from_counts(others + _relevant_beaten(rel_scores, rel), n_rel)
   # Nearest and second-nearest gallery items: the best of relevant and other-class ones.
-  near = -np.sort(-np.concatenate([rel_scores[:, :2], top_s[:, :2]], axis=1), axis=1)
+  rel_best = -np.sort(-np.where(rel >= 0, rel_scores, -np.inf), axis=1)[:, :2]
+  near = -np.sort(-np.concatenate([rel_best, top2], axis=1), axis=1)
   return QueryRanks(ranks, n_rel, near[:, 0], near[:, 1])
 
 
@@ -259,15 +276,24 @@ def _exact_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarra
 
 
 def _knn_ranks(query, query_labels, gallery, gallery_labels, max_k: int,
-               backend: str) -> QueryRanks:
+               backend: str) -> QueryRanks | None:
+  """Ranks read off a neighbor list, or None where a near-tie straddles its cut."""
   all_vs_all = gallery is None
   g_labels = query_labels if all_vs_all else gallery_labels
   rel = relevant_indices(query_labels, g_labels, all_vs_all)
   n_rel = np.sum(rel >= 0, axis=1)
   n_gallery = max(query.shape[0] - 1, 0) if all_vs_all else gallery.shape[0]
   k = min(max(max_k, rel.shape[1], 2), n_gallery)
-  scores, idx = knn.get_search(backend)(query, query if all_vs_all else gallery, k,
+  searched = min(k + 1, n_gallery)
+  scores, idx = knn.get_search(backend)(query, query if all_vs_all else gallery, searched,
                                         exclude_self=all_vs_all)
+  if searched > k:
+    if np.any(scores[:, k - 1] - scores[:, k] <= TIE_TOLERANCE):
+      return None
+    scores, idx = scores[:, :k], idx[:, :k]
+  # Near-tied runs of the list in gallery-index order (module doc, "Ties").
+  run = np.cumsum(np.diff(scores, axis=1, prepend=scores[:, :1]) < -TIE_TOLERANCE, axis=1)
+  idx = np.take_along_axis(idx, np.lexsort((idx, run), axis=1), axis=1)
   hit = g_labels[idx] == query_labels[:, None]
   width = rel.shape[1]
   ranks = np.sort(np.where(hit, np.arange(k)[None, :], NO_RANK), axis=1)[:, :width]
@@ -311,13 +337,14 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
                      f"{n_gallery}. Use smaller ks.")
   query = l2_normalize_np(query)
   gallery = None if all_vs_all else l2_normalize_np(gallery)
-  if backend != "exact" and duplicate_groups(query if all_vs_all else gallery) is not None:
-    logging.info("Repeated embeddings: ranks computed exactly (ties by gallery index).")
-    backend = "exact"
-  if backend == "exact":
-    return _exact_ranks(query, query_labels, gallery, gallery_labels,
-                        block_size or platform.defaults().retrieval_block)
-  return _knn_ranks(query, query_labels, gallery, gallery_labels, max_k, backend)
+  if backend != "exact":
+    ranks = _knn_ranks(query, query_labels, gallery, gallery_labels, max_k, backend)
+    if ranks is not None:
+      return ranks
+    logging.info("Near-tied scores at the neighbor list's cut: ranks computed exactly "
+                 "(ties by gallery index).")
+  return _exact_ranks(query, query_labels, gallery, gallery_labels,
+                      block_size or platform.defaults().retrieval_block)
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(1, 2, 4, 8),
