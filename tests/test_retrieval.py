@@ -177,16 +177,22 @@ def test_exact_grouped_candidates_match_naive(gallery):
   assert got == pytest.approx(want, abs=1e-9)
 
 
-def _near_tied(seed: int, n: int = 150, classes: int = 25, d: int = 8):
+def _near_tied(seed: int, n: int = 150, classes: int = 25, d: int = 8, cluster: int = 0):
   """``_data`` with 22 rows replaced by copies of others: 17 with two entries moved by one
-  float32 ulp, 5 exact (half in their source's class); None if any (relevant, other) pair
-  of some query is neither clearly tied (|Δs| < tol / 4 in float64) nor clearly apart
-  (> 4 tol)."""
+  float32 ulp, 5 exact (half in their source's class); ``cluster`` more rows become
+  one-ulp copies of one row, in any class (a near-tie band wider than a class). None if any
+  (relevant, other) pair of some query is neither clearly tied (|Δs| < tol / 4 in float64)
+  nor clearly apart (> 4 tol)."""
   x, y = _data(seed, n, classes, d)
   rng = np.random.default_rng(seed + 100)
-  src, dst = rng.choice(n, 44, replace=False).reshape(2, 22)
+  picked = rng.choice(n, 45 + cluster, replace=False)
+  src, dst = picked[:44].reshape(2, 22)
   x[dst] = x[src]
   x[dst[:17], :2] = np.nextafter(x[dst[:17], :2], np.float32(np.inf))
+  band = picked[44:]
+  x[band] = x[band[0]]
+  x[band[1:], np.arange(1, len(band)) % d] = np.nextafter(
+      x[band[1:], np.arange(1, len(band)) % d], np.float32(np.inf))
   y[dst[::2]] = y[src[::2]]  # Half the copies in their source's class, half elsewhere.
   tol = evaluation.retrieval.TIE_TOLERANCE
   sim = naive.normalize(x) @ naive.normalize(x).T
@@ -196,12 +202,15 @@ def _near_tied(seed: int, n: int = 150, classes: int = 25, d: int = 8):
   return None if gray.any() else (x, y)
 
 
+@pytest.mark.parametrize("cluster", [0, 30])
 @pytest.mark.parametrize("gallery", [False, True])
-def test_near_ties_match_a_float64_ranking_with_tolerance_on_every_backend(gallery):
+def test_near_ties_match_a_float64_ranking_with_tolerance_on_every_backend(gallery, cluster,
+                                                                           caplog):
   # Rows equal to within float32 rounding are ties for every query, ordered by gallery
   # index: exact arithmetic cannot tell them apart, and the relevant one must not win by
-  # rounding (it did: relevant items were scored by an einsum, the rest by a matmul).
-  x, y = next(d for d in map(_near_tied, range(20)) if d is not None)
+  # rounding (it did: relevant items were scored by an einsum, the rest by a matmul). A
+  # band of 30 near-ties is wider than the exact back-end's top W: counted item by item.
+  x, y = next(d for d in (_near_tied(s, cluster=cluster) for s in range(20)) if d is not None)
   tol, ks = evaluation.retrieval.TIE_TOLERANCE, (1, 2, 4, 8)
   if gallery:
     q, ql, g, gl = x[::3], y[::3], x, y
@@ -211,9 +220,11 @@ def test_near_ties_match_a_float64_ranking_with_tolerance_on_every_backend(galle
   else:
     want = naive.retrieval(x, y, x, y, ks, all_vs_all=True, tol=tol)
     run = lambda b, bs: retrieval_metrics(x, y, recall_ks=ks, backend=b, block_size=bs)
-  for backend in RETRIEVAL_BACKENDS:
-    for block in (32, 4096):
-      assert run(backend, block) == pytest.approx(want, abs=1e-9), (backend, block)
+  with caplog.at_level("INFO"):
+    for backend in RETRIEVAL_BACKENDS:
+      for block in (32, 4096):
+        assert run(backend, block) == pytest.approx(want, abs=1e-9), (backend, block)
+  assert ("counted item by item" in caplog.text) == bool(cluster)
 
 
 @pytest.mark.parametrize("eps", [1e-7, 1e-6, 1e-5])

@@ -46,7 +46,7 @@ import numpy as np
 from idml_jax import platform
 from idml_jax.evaluation import knn
 from idml_jax.evaluation.inputs import check_embeddings
-from idml_jax.ops import l2_normalize_np
+from idml_jax.ops import l2_normalize_np, top_k_candidates
 
 RETRIEVAL_BACKENDS = ("exact",) + tuple(knn.SEARCH_BACKENDS)
 NO_RANK = np.iinfo(np.int32).max  # Rank of a relevant item that does not exist.
@@ -153,32 +153,54 @@ def _gather_relevant(s: jax.Array, rel: jax.Array, start: jax.Array,
   return jnp.where(inside, vals, rel_s)
 
 
-def _count(s, ids, rel_s, rel, acc, axis: int, chunk: int = 8):
-  """Adds to ``acc`` = (counts [b, P], top-2 scores [b, 2]) the block's other-class items
-  (``s`` masked to -inf elsewhere; ``ids`` their gallery indices along ``axis``) that beat
-  each relevant item, and its two best scores."""
-  if axis == 0:
-    s = s.T
-  counts, top2 = acc
-  parts = [jnp.sum(beats(s[:, :, None], ids[None, :, None], rel_s[:, None, p:p + chunk],
-                         rel[:, None, p:p + chunk]), axis=1, dtype=jnp.int32)
-           for p in range(0, rel.shape[1], chunk)]
-  top2 = jax.lax.top_k(jnp.concatenate([top2, jax.lax.top_k(s, 2)[0]], axis=1), 2)[0]
-  return counts + jnp.concatenate(parts, axis=1), top2
+def _accumulate(s, best_s, best_id, ids, top_s, top_ids, axis: int):
+  """Adds one similarity block to a query block's accumulators along ``axis``.
+
+  ``s`` holds -inf at same-class pairs (the query itself included), so only other-class
+  items remain; ``ids`` are their gallery indices along ``axis``. Returns the number of
+  them that beat the best relevant item (``best_s``, ``best_id``: its rank, for Recall@K
+  with any K), and the merged top-W other-class items (scores and indices, by score),
+  from which the other relevant items' ranks below W are read (:func:`_exact_ranks`).
+  """
+  expand = (lambda v: v[:, None]) if axis == 1 else (lambda v: v[None, :])
+  other = (lambda v: v[None, :]) if axis == 1 else (lambda v: v[:, None])
+  count = jnp.sum(beats(s, other(ids), expand(best_s), expand(best_id)), axis=axis,
+                  dtype=jnp.int32)
+  width = top_s.shape[1]
+  cand_s, cand_pos = top_k_candidates(s, width, axis)
+  merged_s = jnp.concatenate([top_s, cand_s], axis=1)  # Earlier blocks hold lower indices.
+  merged_ids = jnp.concatenate([top_ids, ids[cand_pos]], axis=1)
+  top_s, pos = jax.lax.top_k(merged_s, width)  # Ties: the lower position, the lower index.
+  return count, top_s, jnp.take_along_axis(merged_ids, pos, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("symmetric",), donate_argnums=(7, 9))
-def _block_update(s, la, lb, ids_a, ids_b, col_bias, rel_a, acc_a, rel_b, acc_b,
+def _block_update(s, la, lb, ids_a, ids_b, col_bias, best_a, acc_a, best_b, acc_b,
                   symmetric: bool):
   """One block ``s`` of the similarity matrix: queries of block a (labels ``la``) against
-  gallery items of block b (``lb``) and, if ``symmetric``, the transpose. ``rel_*`` =
-  (scores, indices) of each query's relevant items; ``acc_*`` as :func:`_count`;
-  ``col_bias`` is -inf on padded columns."""
+  gallery items of block b (``lb``) and, if ``symmetric``, the transpose. ``best_*`` =
+  (score, index) of each query's best relevant item; ``acc_*`` = (count, top scores, top
+  indices); ``col_bias`` is -inf on padded columns."""
   s = jnp.where(la[:, None] == lb[None, :], -jnp.inf, s + col_bias[None, :])
-  acc_a = _count(s, ids_b, *rel_a, acc_a, axis=1)
+  c, top_s, top_i = _accumulate(s, *best_a, ids_b, *acc_a[1:], axis=1)
+  acc_a = (acc_a[0] + c, top_s, top_i)
   if symmetric:
-    acc_b = _count(s, ids_a, *rel_b, acc_b, axis=0)
+    c, top_s, top_i = _accumulate(s, *best_b, ids_a, *acc_b[1:], axis=0)
+    acc_b = (acc_b[0] + c, top_s, top_i)
   return acc_a, acc_b
+
+
+@functools.partial(jax.jit, donate_argnums=(5,))
+def _count_each(s, la, lb, ids_b, rel, counts, chunk: int = 8):
+  """``counts`` [b, P] plus, per relevant item (``rel`` = (scores, indices) [b, P]), the
+  other-class items of block ``s`` [b, bb] that beat it: the slow exact count, for the
+  queries whose near-ties reach the top-W cut."""
+  s = jnp.where(la[:, None] == lb[None, :], -jnp.inf, s)
+  rel_s, rel_i = rel
+  return counts + jnp.concatenate(
+      [jnp.sum(beats(s[:, :, None], ids_b[None, :, None], rel_s[:, None, p:p + chunk],
+                     rel_i[:, None, p:p + chunk]), axis=1, dtype=jnp.int32)
+       for p in range(0, rel_i.shape[1], chunk)], axis=1)
 
 
 def _pad_rows(x: np.ndarray, n: int, value) -> np.ndarray:
@@ -189,7 +211,7 @@ def _pad_rows(x: np.ndarray, n: int, value) -> np.ndarray:
 def _relevant_beaten(rel_s: np.ndarray, rel: np.ndarray, chunk_elems: int = 1 << 24
                      ) -> np.ndarray:
   """[Q, P]: for each relevant item, how many of the query's other relevant items beat it
-  (``rel_s`` +inf and ``rel`` -1 on padding, which neither beats nor counts)."""
+  (``rel`` -1 on padding, which neither beats nor counts)."""
   q, p = rel.shape
   out = np.zeros((q, p), np.int64)
   step = max(1, chunk_elems // max(p * p, 1))
@@ -217,17 +239,20 @@ def _exact_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarra
                  gallery_labels: np.ndarray | None, block_size: int) -> QueryRanks:
   """Ranks of each query's relevant items, exactly, without a top-K over the gallery.
 
-  Two passes over the similarity matrix in ``block_size`` squares (all-vs-all: the upper
-  triangle only, each block serving its rows and, transposed, its columns), each score
-  computed by the same program (:func:`_block_scores`): the first reads the relevant items'
-  scores, the second counts, for every relevant item, the other-class items that beat it.
+  Passes over the similarity matrix in ``block_size`` squares (all-vs-all: the upper
+  triangle only, each block serving its rows and, transposed, its columns), every score
+  computed by the same program (:func:`_block_scores`). The first reads the relevant items'
+  scores; the second counts the other-class items that beat the best relevant item, and
+  keeps the top W (W = the largest class) by score, which rank the other relevant items
+  below W — exactly, unless near-ties reach the W-th score: those queries are counted again,
+  item by item (:func:`_count_each`).
   """
   all_vs_all = gallery is None
   if all_vs_all:
     gallery, gallery_labels = query, query_labels
   rel = relevant_indices(query_labels, gallery_labels, all_vs_all)
   nq, ng = query.shape[0], gallery.shape[0]
-  width = rel.shape[1]
+  width = max(rel.shape[1], 2)  # >= 2: the second-nearest score comes from the same pass.
   block = min(block_size, -(-max(nq, ng) // 32) * 32)
   nqp, ngp = -(-nq // block) * block, -(-ng // block) * block
   q = jnp.asarray(_pad_rows(query, nqp, 0.0))
@@ -243,33 +268,77 @@ def _exact_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarra
   blocks = [(i, j) for i in range(nqp // block)
             for j in range(i if all_vs_all else 0, ngp // block)]
   # Pass 1: each relevant item's score, read from the block that holds it.
-  rel_s = [jnp.full((block, width), jnp.inf, jnp.float32) for _ in range(nqp // block)]
+  rel_s = [jnp.full((block, rel.shape[1]), jnp.inf, jnp.float32) for _ in range(nqp // block)]
   for i, j in blocks:
     s = _block_scores(q[sl(i)], g[sl(j)])
     rel_s[i] = _gather_relevant(s, rel_p[sl(i)], j * block, rel_s[i])
     if all_vs_all and j != i:
       rel_s[j] = _gather_relevant(s.T, rel_p[sl(j)], i * block, rel_s[j])
-  # Pass 2: per relevant item, the other-class items that beat it (module doc, "Ties").
-  ids = jnp.arange(ngp, dtype=jnp.int32)
-  acc = [(jnp.zeros((block, width), jnp.int32), jnp.full((block, 2), -jnp.inf, jnp.float32))
-         for _ in range(nqp // block)]
-  for i, j in blocks:
-    sym = all_vs_all and j != i
-    rel_j = (rel_s[j], rel_p[sl(j)]) if sym else None
-    acc[i], acc_j = _block_update(_block_scores(q[sl(i)], g[sl(j)]), lq[sl(i)], lg[sl(j)],
-                                  ids[sl(i)], ids[sl(j)], col_bias[sl(j)],
-                                  (rel_s[i], rel_p[sl(i)]), acc[i], rel_j,
-                                  acc[j] if sym else None, sym)
-    if sym:
-      acc[j] = acc_j
-  others, top2 = (np.concatenate([np.asarray(a[k]) for a in acc])[:nq] for k in range(2))
   rel_scores = np.concatenate([np.asarray(r) for r in rel_s])[:nq]
   n_rel = np.sum(rel >= 0, axis=1)
-  ranks = ranks_from_counts(others + _relevant_beaten(rel_scores, rel), n_rel)
+  among = _relevant_beaten(rel_scores, rel)  # Relevant items beating each relevant item.
+  first = np.argmin(np.where(rel >= 0, among * (ng + 1) + rel, np.iinfo(np.int64).max), 1)
+  take = lambda a: np.take_along_axis(a, first[:, None], 1)[:, 0]
+  best_all = (jnp.asarray(_pad_rows(np.where(n_rel > 0, take(rel_scores), np.inf), nqp,
+                                    np.inf).astype(np.float32)),
+              jnp.asarray(_pad_rows(np.where(n_rel > 0, take(rel), big), nqp, big)
+                          .astype(np.int32)))
+  best = lambda i: tuple(x[sl(i)] for x in best_all)
+  # Pass 2: the best relevant item's competitors, and the top W other-class items.
+  ids = jnp.arange(ngp, dtype=jnp.int32)
+  acc = [(jnp.zeros((block,), jnp.int32), jnp.full((block, width), -jnp.inf, jnp.float32),
+          jnp.full((block, width), big, jnp.int32)) for _ in range(nqp // block)]
+  for i, j in blocks:
+    sym = all_vs_all and j != i
+    acc[i], acc_j = _block_update(_block_scores(q[sl(i)], g[sl(j)]), lq[sl(i)], lg[sl(j)],
+                                  ids[sl(i)], ids[sl(j)], col_bias[sl(j)], best(i), acc[i],
+                                  best(j) if sym else None, acc[j] if sym else None, sym)
+    if sym:
+      acc[j] = acc_j
+  count, top_s, top_i = (np.concatenate([np.asarray(a[k]) for a in acc])[:nq] for k in range(3))
+  rel_ids = np.where(rel >= 0, rel, big)
+  others = np.sum(beats(top_s[:, None, :], top_i[:, None, :], rel_scores[:, :, None],
+                        rel_ids[:, :, None]), axis=2)
+  np.put_along_axis(others, first[:, None], count[:, None], 1)
+  # A near-tie band reaching the W-th score may hold lower-index items outside the top W.
+  cut = top_s[:, -1:] >= rel_scores - TIE_TOLERANCE
+  redo = np.flatnonzero(np.any(cut & (rel >= 0) & (others + among < n_rel[:, None]), axis=1))
+  if redo.size:
+    logging.info("Near-tied scores at the top-%d cut for %d queries: counted item by item.",
+                 width, redo.size)
+    others[redo] = _count_slow(q, g, lq, lg, col_bias, rel_scores[redo], rel_ids[redo], redo,
+                               block, all_vs_all)
+  # Below W the top W rank every relevant item; at W they are capped, and no relevant item
+  # is beaten by fewer items than the best one.
+  ranks = ranks_from_counts(np.maximum(others, count[:, None]) + among, n_rel)
   # Nearest and second-nearest gallery items: the best of relevant and other-class ones.
   rel_best = -np.sort(-np.where(rel >= 0, rel_scores, -np.inf), axis=1)[:, :2]
-  near = -np.sort(-np.concatenate([rel_best, top2], axis=1), axis=1)
+  near = -np.sort(-np.concatenate([rel_best, top_s[:, :2]], axis=1), axis=1)
   return QueryRanks(ranks, n_rel, near[:, 0], near[:, 1])
+
+
+def _count_slow(q, g, lq, lg, col_bias, rel_s, rel_i, rows, block, all_vs_all) -> np.ndarray:
+  """[len(rows), P] other-class items beating each relevant item of the queries ``rows``,
+  item by item, each score from the blocks :func:`_block_scores` computes in the passes:
+  query block i against gallery block j (all-vs-all: the transposed block where j < i)."""
+  out = np.zeros(rel_i.shape, np.int64)
+  ngp = g.shape[0]
+  ids = jnp.arange(ngp, dtype=jnp.int32)
+  for i in np.unique(rows // block):
+    mine = np.flatnonzero(rows // block == i)
+    local = rows[mine] - i * block
+    rel = (jnp.asarray(rel_s[mine]), jnp.asarray(rel_i[mine].astype(np.int32)))
+    counts = jnp.zeros(rel_i[mine].shape, jnp.int32)
+    for j in range(ngp // block):
+      if all_vs_all and j < i:
+        s = _block_scores(q[j * block:(j + 1) * block], q[i * block:(i + 1) * block]).T
+      else:
+        s = _block_scores(q[i * block:(i + 1) * block], g[j * block:(j + 1) * block])
+      s = s[local] + col_bias[j * block:(j + 1) * block][None, :]
+      counts = _count_each(s, lq[i * block + local], lg[j * block:(j + 1) * block],
+                           ids[j * block:(j + 1) * block], rel, counts)
+    out[mine] = np.asarray(counts)
+  return out
 
 
 # ----------------------------------------------------------------------------- kNN ranks
