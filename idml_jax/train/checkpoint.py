@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import zlib
 
@@ -227,6 +228,35 @@ def _verify(state_dict, expected: dict[str, int]) -> str | None:
   return f"{missing[0]} is missing" if missing else None
 
 
+def _is_orbax_leftover(u) -> bool:
+  """An unraisable exception (``sys.unraisablehook``'s argument) that a failed orbax restore
+  leaves behind: its unfinished read coroutines, closed by the garbage collector, raise the
+  read error again, or find their event loop closed."""
+  code = getattr(u.object, "cr_code", None)
+  from_orbax = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+  closed_loop = isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(
+      u.exc_value)
+  return from_orbax or closed_loop
+
+
+def quiet_orbax_leftovers() -> None:
+  """Keeps a failed restore's leftovers (:func:`_is_orbax_leftover`: up to thousands of
+  traceback lines, collected at any later moment) from the user's terminal; every other
+  unraisable exception still reaches the previous hook. Idempotent."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_orbax_leftovers", False):
+    return
+
+  def hook(u):
+    if _is_orbax_leftover(u):
+      logging.debug("Dropped what a failed checkpoint read left: %s", u.exc_value)
+      return
+    previous(u)
+
+  hook.drops_orbax_leftovers = True
+  sys.unraisablehook = hook
+
+
 class Checkpoints:
   """The latest checkpoints (for resume) and the best one, verified on restore."""
 
@@ -287,6 +317,7 @@ class Checkpoints:
     next older one is tried. Raises :class:`CheckpointError` if none restores.
     """
     mngr = self.best if best else self.latest
+    quiet_orbax_leftovers()  # A damaged checkpoint is one warning line, not 5,000.
     target = flax.serialization.to_state_dict(abstract_state)
     kind = "best" if best else "latest"
     damaged = []
