@@ -108,6 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.images_per_class = 4
   c.data.num_threads = 8
   c.data.worker_count = 0
+  c.data.device_prefetch = 2  # Batches put on the devices ahead of the step (big_vision's).
 
   c.batch_size = 120  # Global batch.
   c.num_epochs = 60
@@ -177,6 +178,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.checkpoint_every_epochs = 1
   c.log_every_steps = 20
+  # JAX's persistent compilation cache (a folder): a re-run or resumed job does not
+  # recompile ("": off). Shared by jobs of one JAX version; the CLI sets it.
+  c.compile_cache_dir = ""
   c.paper = ml_collections.ConfigDict()  # The paper's numbers for this setting (idml_jax.report).
   return c
 
@@ -258,6 +262,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   positive = ("batch_size", "num_epochs", "model.embedding_dim", "data.image_size",
               "optimizer.lr", "eval.batch_size", "data.images_per_class", "iaa.update_every")
   errors += [f"{k} must be > 0; got {got[k]}" for k in positive if k in got and not got[k] > 0]
+  if got.get("data.device_prefetch", 0) < 0:
+    errors.append(f"data.device_prefetch must be >= 0; got {got['data.device_prefetch']}")
   ks = got.get("eval.ks")
   if ks is not None and not (len(ks) and all(isinstance(k, int) and k > 0 for k in ks)):
     errors.append(f"eval.ks must be positive integers, e.g. (1, 2, 4, 8); got {ks!r}")

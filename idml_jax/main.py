@@ -82,6 +82,9 @@ def main(argv):
   except OSError as e:
     logging.error("--config: %s", _root_cause(str(e)))
     sys.exit(1)
+  if config.get("compile_cache_dir"):  # A re-run or resumed job does not recompile.
+    jax.config.update("jax_compilation_cache_dir", config.compile_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   try:
     if _MODE.value == "train":
       results = train_and_evaluate(config, _WORKDIR.value)

@@ -441,3 +441,69 @@ def test_steps_between_logs_read_nothing_back_from_the_device(tmp_path, monkeypa
   assert quiet == [1, 2, 5, 7]
   assert {s: reads[s] for s in quiet if reads.get(s)} == {}
   assert reads.get(3) and reads.get(4)  # Logging and epoch ends do read (the test can see).
+
+
+@pytest.mark.parametrize("size", [0, 2])
+def test_prefetch_keeps_batches_on_the_device_ahead_of_the_step(size):
+  from idml_jax.train.steps import prefetch_to_device
+  read = []
+
+  def local_batches():
+    for i in range(5):
+      read.append(i)
+      yield {"image": np.full((8, 4, 4, 3), i, np.uint8), "label": np.full(8, i),
+             "index": np.arange(8)}
+
+  out = prefetch_to_device(local_batches(), make_mesh(), size)
+  first = next(out)
+  assert read == list(range(size + 1))  # `size` more batches already put on the device.
+  assert isinstance(first["image"], jax.Array) and set(first) == {"image", "label"}
+  got = [int(first["label"][0])] + [int(b["label"][0]) for b in out]
+  assert got == list(range(5))  # Every batch once, in order.
+
+
+def test_the_eta_leaves_out_compilation_and_adds_the_evaluations_to_come(monkeypatch, caplog):
+  from idml_jax.train import reporting
+  clock = [0.0]
+  monkeypatch.setattr(reporting.time, "perf_counter", lambda: clock[0])
+  progress = reporting.Progress(total_steps=100, batch_size=8, every=10)
+  assert progress(10, {}) == {}  # The first log starts the clock.
+  clock[0] += 4.0  # 10 steps in 4 s ...
+  with progress.excluded("compile"):
+    clock[0] += 60.0  # ... and a minute compiling the IAA step.
+  assert progress(20, {})["steps_per_sec"] == pytest.approx(2.5)
+  with progress.excluded("eval"):
+    clock[0] += 8.0
+  clock[0] += 4.0
+  with caplog.at_level("INFO"):
+    assert progress(30, {}, evals_left=2)["steps_per_sec"] == pytest.approx(2.5)
+  assert "ETA 0m44s" in caplog.text  # 70 steps at 2.5 steps/s + 2 evaluations of 8 s.
+
+
+@pytest.mark.parametrize("recipe", ["pa", "idml_pa", "ms", "iaa_ms", "idml_iaa_ms"])
+@pytest.mark.parametrize("official", [False, True])
+def test_the_miniature_is_the_paper_recipe_scaled_and_nothing_else(recipe, official):
+  mini = load_config("miniature.py", recipe + (",official" if official else ""))
+  if recipe in ("pa", "idml_pa"):
+    paper = load_config("idml_pa.py", "cub" + (",official" if official else "") +
+                        (",baseline" if recipe == "pa" else ""))
+  else:
+    paper = load_config("iaa.py", "cub,ms,resnet50" + (",official" if official else "") +
+                        (",idml" if recipe == "idml_iaa_ms" else ""))
+    if recipe == "ms":
+      paper.method = "baseline"
+  mini.data.data_dir = paper.data.data_dir = "/data"
+  config_lib.validate(mini)
+  a, b = config_lib.flatten(mini), config_lib.flatten(paper)
+  changed = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+  scaled = {"model.backbone", "model.embedding_dim", "data.name", "data.image_size",
+            "data.resize_size", "num_epochs", "optimizer.warmup_epochs",
+            "optimizer.decay_epochs", "optimizer.boundaries", "iaa.start_epoch",
+            "iaa.update_every", "max_steps_per_epoch", "eval.every_epochs", "eval.nmi",
+            "eval.batch_size", "eval.at_start", "checkpoint_every_epochs", "log_every_steps",
+            "eval.ks", "data.data_dir", "paper"} | {k for k in a if k.startswith("paper.")} | {
+                k for k in b if k.startswith("paper.")}
+  assert changed <= scaled, changed - scaled
+  assert mini.num_epochs == paper.num_epochs // 10
+  assert mini.iaa.start_epoch == paper.iaa.start_epoch // 10
+  assert tuple(mini.optimizer.boundaries) == tuple(b // 10 for b in paper.optimizer.boundaries)

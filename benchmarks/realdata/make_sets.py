@@ -19,7 +19,8 @@ Writes image-folder datasets (``OUT/<set>/{train,test}/<class>/*.png``, what
   ``FONT_PACKAGES``.
 
 Deterministic: files are read in sorted order and classes split by ``crc32(name)``
-(``idml_jax.data.glyphs.test_class``).
+(``idml_jax.data.glyphs.test_class``). A re-run replaces each set's folder (before, it wrote
+over it: images of an earlier version stayed in their classes).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -165,6 +167,11 @@ def make_glyphs(out: str, min_images: int = 16, max_images: int = 24) -> dict:
 
 def _write(out: str, set_name: str, dataset: dict[str, list], about: dict) -> dict:
   root = os.path.join(out, set_name)
+  if os.path.exists(root):  # A re-run replaces the set: stale images would join its classes.
+    if not os.path.exists(os.path.join(root, "counts.json")):
+      raise SystemExit(f"{root} exists and was not written by make_sets.py: choose another "
+                       "--out.")
+    shutil.rmtree(root)
   counts = {"train": {"classes": 0, "images": 0}, "test": {"classes": 0, "images": 0}}
   for cname, rows in sorted(dataset.items()):
     split = "test" if glyphs.test_class(cname) else "train"

@@ -50,11 +50,13 @@ class CheckpointError(RuntimeError):
 
 
 # Keys a resumed run (or ``--mode=eval``) may change: how long to train, how to evaluate and
-# log, where the data and weights live, and the input pipeline's parallelism. Any other
+# log, where the data, weights and compiled programs live, and the input pipeline's
+# parallelism and prefetch (older runs' run.json lack the last two keys). Any other
 # change makes a different run, which must start in a new workdir. A key ending in "." is
 # a prefix (every key of that sub-config).
 RESUMABLE_KEYS = ("num_epochs", "eval.", "log_every_steps", "checkpoint_every_epochs",
-                  "data.data_dir", "data.num_threads", "data.worker_count", "model.pretrained")
+                  "data.data_dir", "data.num_threads", "data.worker_count",
+                  "data.device_prefetch", "model.pretrained", "compile_cache_dir")
 
 
 class ConfigMismatchError(ValueError):

@@ -9,6 +9,7 @@ locations) are recorded in ``run.json``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -37,7 +38,7 @@ from idml_jax.train.checkpoint import (
 )
 from idml_jax.train.evaluate import embed_split, evaluate
 from idml_jax.train.reporting import MetricWriter, Progress
-from idml_jax.train.steps import Steps, make_mesh, to_global
+from idml_jax.train.steps import Steps, make_mesh, prefetch_to_device
 
 
 class NonFiniteLossError(RuntimeError):
@@ -214,6 +215,13 @@ def _better(task: tasks.Task, metrics: dict, best: dict) -> bool:
   return new > old if task.higher_is_better else new < old
 
 
+def _evals_left(run: Run, done: int) -> int:
+  """Evaluations still to run after ``done`` steps (an epoch ending at ``done`` included)."""
+  cfg = run.config
+  return sum(1 for e in range(-(-done // run.steps_per_epoch), cfg.num_epochs + 1)
+             if e and (e % cfg.eval.every_epochs == 0 or e == cfg.num_epochs))
+
+
 def _skipped(run: Run) -> dict[str, int]:
   return {name: c.count for name, c in run.skipped.items()}
 
@@ -248,6 +256,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
       process_count=jax.process_count(), num_threads=cfg.data.num_threads,
       worker_count=cfg.data.worker_count, skipped=run.skipped["train"],
       transform=data.transforms.from_config(cfg)[0])
+  batches = prefetch_to_device(batches, run.steps.mesh, cfg.data.device_prefetch)
   untrained = read_json(wd.untrained_file, "untrained.json")
   if cfg.eval.at_start and start == 0:
     untrained, _ = _evaluate(run, state, 0)
@@ -266,14 +275,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
       epoch = step // run.steps_per_epoch
       if step % run.steps_per_epoch == 0:
         state = _maybe_update_class_stats(run, state, epoch)
-      batch = to_global(run.steps.mesh,
-                        {k: v for k, v in next(batches).items() if k in ("image", "label")})
+      batch = next(batches)
       synthesize = config_lib.uses_iaa(cfg.method) and epoch >= cfg.iaa.start_epoch
       strength = (iaa.strength_schedule(cfg.iaa.strength, epoch, cfg.num_epochs)
                   if synthesize else 0.0)  # Host numbers: nothing is read back.
-      state, metrics = run.steps.train_step(
-          state, batch, strength, synthesize=synthesize,
-          train_backbone=run.steps.trains_backbone(step))
+      variant = dict(synthesize=synthesize, train_backbone=run.steps.trains_backbone(step))
+      # No device-to-host transfer between logging steps (fires on accelerators only).
+      with (progress.excluded("compile") if run.steps.compiles(**variant) else
+            contextlib.nullcontext()), jax.transfer_guard_device_to_host("disallow"):
+        state, metrics = run.steps.train_step(state, batch, strength, **variant)
       window.append(metrics)
       done = step + 1
       epoch_end = done % run.steps_per_epoch == 0
@@ -281,13 +291,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
         scalars = _window_means(window, done, ckpts)
         if done % cfg.log_every_steps == 0:
           window = []
-          scalars.update(progress(done, scalars))
+          scalars.update(progress(done, scalars, _evals_left(run, done)))
           writer.write(done, scalars, "train/")
       if not epoch_end:
         continue
       ep = done // run.steps_per_epoch
       if ep % cfg.eval.every_epochs == 0 or done == total:
-        metrics_eval, emb = _evaluate(run, state, done)
+        with progress.excluded("eval"):
+          metrics_eval, emb = _evaluate(run, state, done)
         last_eval = (dict(metrics_eval), emb) if done == total else None
         writer.write(done, {**metrics_eval, **{f"skipped_{k}": v for k, v in
                                                _skipped(run).items()}}, "eval/")

@@ -7,7 +7,9 @@ collectives. Randomness is ``fold_in(key, step)``, never stored.
 
 from __future__ import annotations
 
+import collections
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,20 @@ def to_global(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   """This process's rows of a batch -> global arrays sharded over ``data``."""
   sharding = NamedSharding(mesh, P("data"))
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def prefetch_to_device(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, size: int,
+                       keys=("image", "label")) -> Iterator[dict[str, jax.Array]]:
+  """Global device batches (``keys`` of this process's rows, :func:`to_global`), put on the
+  devices ``size`` batches ahead of the one the step uses, so the copy overlaps the steps
+  before it (big_vision's ``n_prefetch``; 0: put when needed)."""
+  queue = collections.deque()
+  for local in batches:
+    queue.append(to_global(mesh, {k: v for k, v in local.items() if k in keys}))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -99,6 +115,10 @@ class Steps:
   def draws(self, step: jax.Array, batch_size: int) -> dict[str, jax.Array]:
     """The random draws of train step ``step`` (:func:`tasks.step_draws`)."""
     return tasks.step_draws(self.config, jax.random.fold_in(self.key, step), batch_size)
+
+  def compiles(self, *, synthesize: bool, train_backbone: bool) -> bool:
+    """Whether :meth:`train_step` compiles on this variant's next call (its first)."""
+    return (synthesize, train_backbone) not in self._train
 
   def train_step(self, state: TrainState, batch: dict, strength: float, *, synthesize: bool,
                  train_backbone: bool) -> tuple[TrainState, dict]:
