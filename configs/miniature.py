@@ -34,8 +34,20 @@ from idml_jax.config_files import load_module, parse_arg, runlocal
 RECIPES = ("pa", "idml_pa", "ms", "iaa_ms", "idml_iaa_ms")
 SCALE = 10  # Epochs and every epoch-counted setting divided by this.
 STEPS_PER_EPOCH = 15  # An epoch of ~1,800 images: glyphs' train split.
-# (recipe, official) -> five-seed means of ours on glyphs (benchmarks/miniature/run.py).
-REFERENCE = {}
+# (recipe, official) -> five-seed means of ours on glyphs (benchmarks/miniature/run.py,
+# benchmarks/miniature/results.jsonl): what idml_jax.report prints as the reference.
+REFERENCE = {
+    ("pa", False): {"recall@1": 0.573, "map@r": 0.160},
+    ("idml_pa", False): {"recall@1": 0.538, "map@r": 0.145},
+    ("ms", False): {"recall@1": 0.580, "map@r": 0.167},
+    ("iaa_ms", False): {"recall@1": 0.568, "map@r": 0.161},
+    ("idml_iaa_ms", False): {"recall@1": 0.569, "map@r": 0.160},
+    ("pa", True): {"recall@1": 0.571, "map@r": 0.159},
+    ("idml_pa", True): {"recall@1": 0.543, "map@r": 0.146},
+    ("ms", True): {"recall@1": 0.566, "map@r": 0.162},
+    ("iaa_ms", True): {"recall@1": 0.550, "map@r": 0.154},
+    ("idml_iaa_ms", True): {"recall@1": 0.552, "map@r": 0.155},
+}
 
 
 def _configs(name: str):

@@ -253,8 +253,9 @@ def table(rows: list[dict]) -> str:
                    f"{100 * (statistics.mean(a) - statistics.mean(b)):+.1f} | "
                    f"{_welch_p(a, b):.2f} | {len(a)} / {len(b)} |")
   out += ["", "Curves (`,official`): test Recall@1 (%) per epoch, mean ± sd; `in` = each mean "
-          "inside the other's ±1 sd.", "", "| recipe | epoch | ours | PyTorch | in |",
-          "|---|---|---|---|---|"]
+          "inside the other's ±1 sd; p: Welch's t-test at that epoch.", "",
+          "| recipe | epoch | ours | PyTorch | ours − PyTorch | in | p |",
+          "|---|---|---|---|---|---|---|"]
   for recipe in ("idml_pa", "iaa_ms"):
     curves = {impl: [r["curve"] for r in rows if (r["recipe"], r["official"], r["impl"]) ==
                      (recipe, True, impl)] for impl in ("ours", "pytorch")}
@@ -268,7 +269,8 @@ def table(rows: list[dict]) -> str:
       ma, sa, mb, sb = (statistics.mean(a), statistics.stdev(a), statistics.mean(b),
                         statistics.stdev(b))
       inside = abs(ma - mb) <= sa and abs(ma - mb) <= sb
-      out.append(f"| {recipe} | {e} | {_ms(a)} | {_ms(b)} | {'yes' if inside else 'no'} |")
+      out.append(f"| {recipe} | {e} | {_ms(a)} | {_ms(b)} | {100 * (ma - mb):+.1f} | "
+                 f"{'yes' if inside else 'no'} | {_welch_p(a, b):.2f} |")
   out += ["", "Gains (ours): final test figures (%), paired by seed (the same batches); "
           "mean ± standard error of the per-seed differences.", "",
           "| variant | gain | Recall@1 | MAP@R | seeds |", "|---|---|---|---|---|"]
