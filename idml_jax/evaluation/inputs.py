@@ -32,12 +32,3 @@ def check_finite(x: np.ndarray, what: str) -> None:
     raise NonFiniteEmbeddingsError(
         f"{what} contain NaN/inf in {bad} of {len(x)} rows: the model diverged or its "
         "checkpoint is damaged.")
-
-
-def duplicate_groups(x: np.ndarray) -> np.ndarray | None:
-  """[N] id of each row's group of bitwise-identical rows (-0.0 = 0.0), or None if all
-  rows differ."""
-  x = np.ascontiguousarray(np.asarray(x, np.float32) + np.float32(0.0))
-  rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
-  _, first, groups = np.unique(rows, return_index=True, return_inverse=True)
-  return None if len(first) == len(rows) else groups.astype(np.int32)
