@@ -91,6 +91,19 @@ def _to_torch(images: np.ndarray, spec) -> torch.Tensor:
   return x.permute(0, 3, 1, 2).contiguous()
 
 
+def torch_test_embeddings(c, embed, source, spec) -> tuple[np.ndarray, np.ndarray]:
+  """``embed`` (a PyTorch ``[B, 3, H, W] -> [B, D]``) of every image of ``source`` with the
+  config's test transform, and their labels: [N, D], [N]."""
+  embs, labels = [], []
+  with torch.no_grad():
+    for b in data.eval_batches(source, batch_size=c.eval.batch_size,
+                               image_size=c.data.image_size, resize_size=c.data.resize_size,
+                               num_threads=2, transform=data.transforms.from_config(c)[1]):
+      embs.append(embed(_to_torch(b["image"], spec)).numpy()[b["mask"]])
+      labels.append(source.labels[b["index"][b["mask"]]])
+  return np.concatenate(embs), np.concatenate(labels)
+
+
 def torch_run(c, seed: int, init: str = "default") -> tuple[dict[int, float], dict]:
   """PyTorch's curve ``{epoch: Recall@1}`` and its network's initial state dict."""
   if c.loss.name not in TORCH_LOSSES or c.method != "baseline":
@@ -106,22 +119,14 @@ def torch_run(c, seed: int, init: str = "default") -> tuple[dict[int, float], di
   start = {k: np.array(v.detach().numpy(), copy=True) for k, v in model.state_dict().items()}
   opt, sched = _torch_optimizer(c, model, steps_per_epoch)
   loss_fn = TORCH_LOSSES[c.loss.name]
-  train_tf, test_tf = data.transforms.from_config(c)
+  train_tf = data.transforms.from_config(c)[0]
   curve = {}
 
   def evaluate(epoch):
     model.eval()
-    embs, labels = [], []
-    with torch.no_grad():
-      for b in data.eval_batches(splits["test"], batch_size=c.eval.batch_size,
-                                 image_size=c.data.image_size, resize_size=c.data.resize_size,
-                                 num_threads=2, transform=test_tf):
-        e = model(_to_torch(b["image"], spec)).numpy()
-        embs.append(e[b["mask"]])
-        labels.append(splits["test"].labels[b["index"][b["mask"]]])
+    embs, labels = torch_test_embeddings(c, model, splits["test"], spec)
     model.train()
-    curve[epoch] = evaluation.retrieval_metrics(np.concatenate(embs), np.concatenate(labels),
-                                                recall_ks=(1,))["recall@1"]
+    curve[epoch] = evaluation.retrieval_metrics(embs, labels, recall_ks=(1,))["recall@1"]
 
   evaluate(0)
   model.train()  # BatchNorm trains (model.batch_norm=train); the config must say so.

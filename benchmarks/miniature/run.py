@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -40,6 +41,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, ".."))  # learning_curves: the PyTorch side's helpers.
 sys.path.insert(0, HERE)
 import pretrain  # noqa: E402
 
@@ -114,14 +116,7 @@ def _torch_setup(c):
   sampler = data.SAMPLERS[c.data.sampler](splits["train"].labels, c.batch_size,
                                           c.data.images_per_class, c.seed)
   spe = sampler.steps_per_epoch(c.max_steps_per_epoch or None)
-  spec = get_backbone(c.model.backbone).input_spec
-  mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
-
-  def to_torch(images):
-    x = (torch.from_numpy(images.astype(np.float32) * spec.scale) - mean) / std
-    return x.permute(0, 3, 1, 2).contiguous()
-
-  return splits, sampler, spe, to_torch
+  return splits, sampler, spe, get_backbone(c.model.backbone).input_spec
 
 
 def _backbone(pth: str):
@@ -134,32 +129,27 @@ def _backbone(pth: str):
   return net
 
 
-def _evaluate(c, embed, splits, to_torch) -> dict:
-  import torch
+def _evaluate(c, embed, splits, spec) -> dict:
+  from learning_curves import torch_test_embeddings
+  from torch.nn import functional as F
 
-  from idml_jax import data, evaluation
-  embs, labels = [], []
-  test_tf = data.transforms.from_config(c)[1]
-  with torch.no_grad():
-    for b in data.eval_batches(splits["test"], batch_size=c.eval.batch_size,
-                               image_size=c.data.image_size, resize_size=c.data.resize_size,
-                               num_threads=2, transform=test_tf):
-      embs.append(torch.nn.functional.normalize(embed(to_torch(b["image"])), dim=1)
-                  .numpy()[b["mask"]])
-      labels.append(b["label"][b["mask"]])
-  m = evaluation.retrieval_metrics(np.concatenate(embs), np.concatenate(labels),
-                                   recall_ks=(1,))
+  from idml_jax import evaluation
+  embs, labels = torch_test_embeddings(c, lambda x: F.normalize(embed(x), dim=1),
+                                       splits["test"], spec)
+  m = evaluation.retrieval_metrics(embs, labels, recall_ks=(1,))
   return {"recall@1": m["recall@1"], "map@r": m["map@r"]}
 
 
 def pytorch(c, pth: str) -> dict:
   """The official training loop of ``c``'s recipe (IDML-PA or IAA, official), whole run."""
   import torch
+  from learning_curves import _to_torch
   from reference import iaa as ref_iaa
   from reference import idml_retrieval as ref_idml
 
   from idml_jax import data
-  splits, sampler, spe, to_torch = _torch_setup(c)
+  splits, sampler, spe, spec = _torch_setup(c)
+  to_torch = functools.partial(_to_torch, spec=spec)
   num_classes = int(splits["train"].labels.max()) + 1
   dim, o = c.model.embedding_dim, c.optimizer
   net = _backbone(pth)
@@ -184,7 +174,7 @@ def pytorch(c, pth: str) -> dict:
   model.eval()  # BatchNorm in eval mode throughout (bn_freeze / fix_batchnorm); no dropout.
   rng, gen = np.random.default_rng(c.seed), torch.Generator().manual_seed(c.seed)
   train_tf = data.transforms.from_config(c)[0]
-  curve = {0: _evaluate(c, embed, splits, to_torch)}
+  curve = {0: _evaluate(c, embed, splits, spec)}
   total = c.num_epochs * spe
   for step, b in enumerate(data.train_batches(
       splits["train"], sampler, image_size=c.data.image_size, seed=c.seed, start_step=0,
@@ -208,7 +198,7 @@ def pytorch(c, pth: str) -> dict:
       noise = torch.randn((c.iaa.num_synthetic, len(y), dim), generator=gen)
       trainer.step(x, y, noise)
     if (step + 1) % (c.eval.every_epochs * spe) == 0:
-      curve[(step + 1) // spe] = _evaluate(c, embed, splits, to_torch)
+      curve[(step + 1) // spe] = _evaluate(c, embed, splits, spec)
   return curve
 
 

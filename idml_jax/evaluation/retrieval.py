@@ -25,8 +25,8 @@ Back-ends (``backend``), one interface:
   blocks computed once in all-vs-all mode); Recall@1000 costs no more than Recall@1.
 * ``jax``, ``scann``, ``scann_ah``: a kNN search (:mod:`idml_jax.evaluation.knn`) for
   ``max(max K, largest R)`` neighbors (one more, to see the cut), near-tied runs of the
-  list put in index order, ranks read off it. Where embeddings repeat or a near-tie
-  straddles the cut (ties a neighbor list cannot resolve), the exact path is used.
+  list put in index order, ranks read off it. Where a near-tie (repeated embeddings
+  included) straddles the cut, which a neighbor list cannot resolve, the exact path is used.
 
 Queries with no relevant item count as misses in Recall@K and are excluded from
 R-Precision and MAP@R.
