@@ -1,12 +1,16 @@
 """Every figure an accelerator run must show, in one command.
 
 Usage: python benchmarks/accelerator.py [--out DIR] [--smoke] [--budget_s 330]
-       [--sections train,torch,vit,eval,iaa,nmi,pipeline]
+       [--sections train,loop,torch,vit,eval,iaa,nmi,pipeline]
 
 On one GPU/TPU (benchmarks/accelerator/run.sh sets it up on a machine without network):
 
 * ``train``: the train step, ResNet-50 at 224 px, bf16 compute, global batch 120, for
   ``baseline``, ``idml`` (IDML-PA), ``iaa`` (synthesis on) and ``idml+iaa``;
+* ``loop``: the whole train loop (``train_and_evaluate``, benchmarks/bench_loop.py) against
+  its bare step on the demo's IDML + IAA config: loop ÷ step with the pipeline's batches
+  replayed from memory and with the real pipeline, and the XLA compile time of each
+  program the loop compiles;
 * ``torch``: the same IDML-PA step in PyTorch (tests/reference/idml_retrieval.py, the port
   of the official step) as the official code runs it (fp32) and as a tuned PyTorch user
   would (AMP bf16 autocast, channels-last), and the ratio of ours to each;
@@ -53,7 +57,7 @@ from idml_jax import config as config_lib  # noqa: E402
 from idml_jax import evaluation, iaa  # noqa: E402
 from idml_jax.train.steps import Steps, make_mesh, to_global  # noqa: E402
 
-SECTIONS = ("train", "torch", "vit", "eval", "iaa", "nmi", "pipeline")
+SECTIONS = ("train", "loop", "torch", "vit", "eval", "iaa", "nmi", "pipeline")
 METHODS = ("baseline", "idml", "iaa", "idml+iaa")
 
 
@@ -123,6 +127,20 @@ def time_train_step(method: str, backbone: str, sz: dict, smoke: bool) -> dict:
   out.update(images_per_s=sz["batch"] / out["steady_s"], peak_bytes=_peak_memory(),
              backbone=backbone, batch=sz["batch"], image=s, dtype=c.model.dtype)
   return out
+
+
+# ----------------------------------------------------------------------------- train loop
+def time_loop(smoke: bool, row: str = "idml_iaa,ms", epochs: int = 3) -> dict:
+  """The loop ÷ its bare step (bench_loop.py), and the compile time of each program."""
+  import bench_loop
+
+  step = bench_loop.bare_rate(bench_loop.config(row, epochs, smoke))
+  with bench_loop.compile_times() as compiles:
+    replayed = bench_loop.loop_rate(bench_loop.config(row, epochs, smoke), replay=True)
+  pipeline = bench_loop.loop_rate(bench_loop.config(row, epochs, smoke), replay=False)
+  return {"steady_s": 1 / step, "loop_ratio_replayed": replayed / step,
+          "loop_ratio_pipeline": pipeline / step, "row": row,
+          "compile_s_per_program": {k: round(sum(v), 3) for k, v in sorted(compiles.items())}}
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -286,6 +304,9 @@ def markdown(results: dict) -> str:
     elif "matmul_floor_s" in r:
       floor = r["matmul_floor_s"]
       vs = f"matmul floor {floor * 1e3:.1f} ms ({r['steady_s'] / floor:.1f}×)"
+    elif "loop_ratio_replayed" in r:
+      vs = (f"loop ÷ step {r['loop_ratio_replayed']:.2f} (input replayed), "
+            f"{r['loop_ratio_pipeline']:.2f} (the pipeline)")
     elif name == "pipeline" and ours_idml:
       vs = (f"train/idml needs {ours_idml:.0f} images/s: "
             f"{ours_idml / r['images_per_s'] * r['cores']:.0f} cores at this rate")
@@ -293,6 +314,10 @@ def markdown(results: dict) -> str:
     comp = f"{r['compile_s']:.1f} s" if "compile_s" in r else ""
     lines.append(f"| {name} | {r['steady_s'] * 1e3:.1f} ms | {ips} | {comp} | {vs} | "
                  f"{gib(r.get('peak_bytes'))} |")
+  for name, r in results["figures"].items():
+    if "compile_s_per_program" in r:
+      lines += ["", f"XLA compile time per program of {name} (the loop's first run): " + ", ".join(
+          f"{k} {v:.1f} s" for k, v in r["compile_s_per_program"].items())]
   return "\n".join(lines) + "\n"
 
 
@@ -314,6 +339,8 @@ def main(argv=None) -> int:
       methods = METHODS[-1:] if args.smoke else METHODS  # Smoke: one compile, both paths.
       jobs += [(f"train/{m}", lambda m=m: time_train_step(m, sz["backbone"], sz, args.smoke))
                for m in methods]
+    elif section == "loop":
+      jobs.append(("loop/idml+iaa", lambda: time_loop(args.smoke)))
     elif section == "torch":
       jobs += [(f"torch/idml_pa_{mode}", lambda t=t: time_torch_idml_pa(sz, args.smoke, t))
                for mode, t in (("fp32", False), ("amp_channels_last", True))]

@@ -7,18 +7,28 @@ For each row (``configs/small_images.py:<method>,<loss>,resnet`` on the demo's g
 demo's logging, checkpoint and evaluation settings, ``--epochs`` of 40 steps) and repeat:
 
 * ``step``: steps/s of the bare jitted train step (the loop's own ``Steps``), on batches
-  already on the device, after compilation, timed over ``--epochs`` × 40 steps;
-* ``loop``: steps/s of ``train_and_evaluate`` as the progress line reports it (logging,
-  checkpoints, IAA estimates and input included; compilation and evaluation left out: the
-  median over its logs);
-* ``loop, slow input``: the same with the input pipeline slowed by a sleep of ``--slow`` ×
-  the bare step's time per batch (on the host thread that feeds the device: overlap with the
-  device's work is what keeps the ratio up).
+  already on the device, after compilation;
+* ``input``: the input pipeline alone, CPU milliseconds per batch (all its threads);
+* ``loop``: steps/s of ``train_and_evaluate`` as its progress line reports it (logging,
+  checkpoints, device prefetch and the IAA state included; compilation, evaluation and IAA's
+  passes over the training set left out: the median over its logs), three ways:
 
-Prints each ratio loop ÷ step (goal ≥ 0.95; ≥ 0.9 with the slow input), mean over repeats.
+  - ``replayed``: the pipeline's batches made once and replayed from memory. This is the
+    loop's own cost, and the CPU's stand-in for an accelerator, where the pipeline's work
+    runs on host cores the step does not use. Goal ≥ 0.95.
+  - ``replayed, slow``: the same, each batch delayed by a sleep of ``--slow`` × the bare
+    step's time on the thread that feeds the device. The loop keeps its speed only if
+    loading the next batch overlaps the step. Goal ≥ 0.9.
+  - ``pipeline``: the real pipeline. On this machine it decodes and crops on the same
+    cores the step computes on, so the ratio also counts that contention.
+
+Prints the mean ratio loop ÷ step over repeats (± sd) and the step time per row. A
+persistent compilation cache (a temporary folder) spares the repeats their compiles.
 """
 
 import argparse
+import collections
+import contextlib
 import os
 import statistics
 import sys
@@ -31,57 +41,108 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from idml_jax import data  # noqa: E402
-from idml_jax.config_files import load_module  # noqa: E402
+from idml_jax.config_files import load_module, runlocal  # noqa: E402
 from idml_jax.train import loop  # noqa: E402
 from idml_jax.train.checkpoint import Workdir  # noqa: E402
 from idml_jax.train.reporting import read_metrics  # noqa: E402
 from idml_jax.train.steps import Steps, make_mesh, to_global  # noqa: E402
 
+STEPS_PER_EPOCH = 40
 
-def config(row: str, epochs: int):
+
+def config(row: str, epochs: int, smoke: bool = False):
+  """The demo's config of ``row`` (``method,loss``); ``smoke``: a tiny network, 4-step epochs."""
   method, loss = row.split(",")
   c = load_module(os.path.join(ROOT, "configs", "small_images.py")).build(method, loss, "resnet")
   c.data.source, c.data.name = "demo", "glyphs"  # The demo's data and settings.
   c.num_epochs, c.eval.every_epochs, c.eval.at_start = epochs, 10, False
+  c.max_steps_per_epoch = STEPS_PER_EPOCH
+  if smoke:
+    runlocal(c)
+    c.num_epochs, c.max_steps_per_epoch, c.log_every_steps = epochs, 4, 4
   c.iaa.start_epoch = min(c.iaa.start_epoch, 1)
   return c
 
 
-def bare_rate(c) -> float:
-  """Steps/s of the jitted step alone on device-resident batches (after compilation)."""
+def _pipeline(c, num_steps: int):
   splits = data.load_splits(c.data.name, c.data.source)
   labels = splits["train"].labels
   sampler = data.SAMPLERS[c.data.sampler](labels, c.batch_size, c.data.images_per_class, c.seed)
-  spe = sampler.steps_per_epoch(c.max_steps_per_epoch or None)
+  return data.train_batches(splits["train"], sampler, image_size=c.data.image_size, seed=c.seed,
+                            start_step=0, num_steps=num_steps, num_threads=c.data.num_threads,
+                            worker_count=c.data.worker_count,
+                            transform=data.transforms.from_config(c)[0]), labels
+
+
+_compiles: list[list] = []  # One list per open compile_times() block.
+
+
+def _on_event(event: str, secs: float, **kwargs) -> None:
+  if event == "/jax/core/compile/backend_compile_duration" and _compiles:
+    _compiles[-1].append((kwargs.get("fun_name", "?"), secs))
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@contextlib.contextmanager
+def compile_times():
+  """Yields ``{program: [seconds of each XLA compilation]}``, filled while the block runs."""
+  _compiles.append([])
+  out = collections.defaultdict(list)
+  try:
+    yield out
+  finally:
+    for name, secs in _compiles.pop():
+      out[name].append(secs)
+
+
+def input_cpu_ms(c, n: int = 200) -> float:
+  """CPU milliseconds (this process, all threads) per batch of the pipeline alone."""
+  batches, _ = _pipeline(c, n + 1)
+  next(batches)
+  t = time.process_time()
+  for _ in batches:
+    pass
+  return (time.process_time() - t) / n * 1e3
+
+
+def bare_rate(c) -> float:
+  """Steps/s of the jitted step alone on device-resident batches (after compilation)."""
+  spe = c.max_steps_per_epoch
+  n = c.num_epochs * spe
+  host, labels = _pipeline(c, spe)
   steps = Steps.build(c, int(labels.max()) + 1, spe, make_mesh())
   state = steps.fresh_state()
-  n = c.num_epochs * spe
-  batches = [to_global(steps.mesh, {k: b[k] for k in ("image", "label")}) for b in
-             data.train_batches(splits["train"], sampler, image_size=c.data.image_size,
-                                seed=c.seed, start_step=0, num_steps=min(n, 40),
-                                transform=data.transforms.from_config(c)[0])]
+  batches = [to_global(steps.mesh, {k: b[k] for k in ("image", "label")}) for b in host]
   synth = c.method in ("iaa", "idml+iaa")
-  state, m = steps.train_step(state, batches[0], 0.8 if synth else 0.0, synthesize=synth,
-                              train_backbone=True)
+  kwargs = dict(synthesize=synth, train_backbone=True)
+  state, m = steps.train_step(state, batches[0], 0.8 if synth else 0.0, **kwargs)
   jax.block_until_ready(m)
   t = time.perf_counter()
   for i in range(n):
     state, m = steps.train_step(state, batches[i % len(batches)], 0.8 if synth else 0.0,
-                                synthesize=synth, train_backbone=True)
+                                **kwargs)
   jax.block_until_ready(m)
   return n / (time.perf_counter() - t)
 
 
-def loop_rate(c, sleep: float = 0.0) -> float:
-  """The loop's steps/s (median of its progress logs, compilation and evaluation left out)."""
+def loop_rate(c, *, replay: bool, sleep: float = 0.0) -> float:
+  """The loop's steps/s (median of its progress logs)."""
   real = data.train_batches
 
-  def slowed(*args, **kwargs):
-    for b in real(*args, **kwargs):
+  def fed(*args, **kwargs):
+    if replay:  # One epoch of the pipeline's batches, made now, replayed in order.
+      made = list(real(*args, **{**kwargs, "num_steps": min(kwargs["num_steps"],
+                                                            c.max_steps_per_epoch)}))
+      source = (made[i % len(made)] for i in range(kwargs["num_steps"]))
+    else:
+      source = real(*args, **kwargs)
+    for b in source:
       time.sleep(sleep)
       yield b
 
-  loop.data.train_batches = slowed if sleep else real
+  loop.data.train_batches = fed
   try:
     with tempfile.TemporaryDirectory() as w:
       loop.train_and_evaluate(c, w)
@@ -92,6 +153,11 @@ def loop_rate(c, sleep: float = 0.0) -> float:
   return float(np.median(rates))
 
 
+def _cell(values) -> str:
+  sd = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rows", nargs="+", default=["baseline,pa", "idml,pa", "iaa,ms",
@@ -100,18 +166,25 @@ def main():
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--slow", type=float, default=0.8)
   args = p.parse_args()
-  print("| row | step (steps/s) | loop ÷ step | loop ÷ step, slow input | repeats |")
-  print("|---|---|---|---|---|")
+  cache = tempfile.mkdtemp(prefix="bench_loop_cache_")
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  print(f"| row | step (ms) | input (CPU ms/batch) | loop ÷ step, replayed (≥ 0.95) | "
+        f"replayed, slow {args.slow:g}× (≥ 0.9) | pipeline (shares the cores) | repeats |")
+  print("|---|---|---|---|---|---|---|")
   for row in args.rows:
-    steps, ratios, slow_ratios = [], [], []
+    steps, cpu, ratios = [], [], {"replayed": [], "slow": [], "pipeline": []}
     for _ in range(args.repeats):
-      c = config(row, args.epochs)
-      step = bare_rate(c)
-      steps.append(step)
-      ratios.append(loop_rate(config(row, args.epochs)) / step)
-      slow_ratios.append(loop_rate(config(row, args.epochs), args.slow / step) / step)
-    print(f"| {row} | {statistics.mean(steps):.1f} | {statistics.mean(ratios):.3f} | "
-          f"{statistics.mean(slow_ratios):.3f} | {args.repeats} |", flush=True)
+      step = bare_rate(config(row, args.epochs))
+      steps.append(1e3 / step)
+      cpu.append(input_cpu_ms(config(row, args.epochs)))
+      ratios["replayed"].append(loop_rate(config(row, args.epochs), replay=True) / step)
+      ratios["slow"].append(
+          loop_rate(config(row, args.epochs), replay=True, sleep=args.slow / step) / step)
+      ratios["pipeline"].append(loop_rate(config(row, args.epochs), replay=False) / step)
+    print(f"| {row} | {statistics.mean(steps):.1f} | {statistics.mean(cpu):.1f} | "
+          f"{_cell(ratios['replayed'])} | {_cell(ratios['slow'])} | "
+          f"{_cell(ratios['pipeline'])} | {args.repeats} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ def test_smoke_run_measures_every_figure_and_writes_its_reports(tmp_path):
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   results = json.load(open(tmp_path / "accelerator.json"))
   figures = results["figures"]
-  assert set(figures) == {"train/idml+iaa", "torch/idml_pa_fp32",
+  assert set(figures) == {"train/idml+iaa", "loop/idml+iaa", "torch/idml_pa_fp32",
                           "torch/idml_pa_amp_channels_last", "vit/idml_vit_tiny", "eval",
                           "iaa", "nmi", "pipeline"}
   for name, r in figures.items():
@@ -26,6 +26,9 @@ def test_smoke_run_measures_every_figure_and_writes_its_reports(tmp_path):
   for name in ("eval", "iaa", "nmi"):
     assert figures[name]["matmul_floor_s"] > 0
   assert figures["train/idml+iaa"]["repeats"] >= 3 and figures["train/idml+iaa"]["images_per_s"]
+  loop = figures["loop/idml+iaa"]
+  assert loop["loop_ratio_replayed"] > 0 and loop["loop_ratio_pipeline"] > 0
+  assert any("train_step" in name for name in loop["compile_s_per_program"])
   table = (tmp_path / "accelerator.md").read_text()
   assert "SMOKE SIZES" in table and table.count("\n| ") == len(figures) + 1
   assert results["environment"]["backend"] == "cpu"

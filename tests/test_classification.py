@@ -136,6 +136,18 @@ def test_pad_crop_flip_is_a_shifted_window():
     assert any(np.array_equal(out, w) or np.array_equal(out, w[:, ::-1]) for w in windows)
 
 
+@pytest.mark.parametrize("size, pad", [(8, 4), (5, 2), (3, 4)])
+def test_pad_crop_flip_equals_numpy_pad_with_the_same_draws(size, pad):
+  img = np.random.default_rng(0).integers(1, 255, (size, size, 3), dtype=np.uint8)
+  for seed in range(60):
+    rng = np.random.default_rng(seed)
+    top, left = rng.integers(0, 2 * pad + 1, size=2)
+    want = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))[top:top + size, left:left + size]
+    want = want[:, ::-1] if rng.random() < 0.5 else want
+    np.testing.assert_array_equal(
+        transforms.pad_crop_flip(img, size, np.random.default_rng(seed), pad=pad), want)
+
+
 def tiny_classification(row="idml_cutmix", **overrides):
   c = load_config("classification.py", f"demo,{row},runlocal")
   c.data.num_threads = 2

@@ -13,22 +13,26 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 
+import flax
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT, tiny
 
 from idml_jax import data
 from idml_jax.data.sources import ArraySource
-from idml_jax.train import loop
+from idml_jax.train import checkpoint, loop
 from idml_jax.train.checkpoint import (
     CheckpointError,
     Checkpoints,
     ConfigMismatchError,
     Workdir,
 )
+from idml_jax.train.steps import Steps, make_mesh, to_global
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 
@@ -291,13 +295,23 @@ def test_evaluation_refuses_non_finite_embeddings_naming_the_checkpoint(referenc
 MAIN = [sys.executable, "-m", "idml_jax.main", f"--config={ROOT}/configs/demo.py:runlocal,digits",
         "--config.data.num_threads=1"]
 PATCHED = textwrap.dedent("""
-    import errno, os, sys
+    import errno, os, sys, threading
     from orbax.checkpoint._src.path import atomicity
+    from idml_jax.train.checkpoint import Checkpoints
+    returned, real_save = threading.Event(), Checkpoints.save
+    def save(self, state, step):
+      real_save(self, state, step)
+      if step == 4:
+        returned.set()  # The loop has moved on: the save is in flight in the background.
+    Checkpoints.save = save
     real = atomicity.AtomicRenameTemporaryPath.finalize
     def finalize(self, *a, **kw):
       if self.get_final().name == "4" and "checkpoints" in str(self.get_final()):
         if sys.argv.pop(1) == "kill":
-          os._exit(137)  # kill -9 between writing the data and renaming it into place.
+          # kill -9 between writing the data and renaming it into place, while the loop
+          # runs on (exit 3 if the save held the loop until now).
+          os._exit(137 if returned.wait(60) and threading.current_thread() is not
+                   threading.main_thread() else 3)
         raise OSError(errno.ENOSPC, "No space left on device", str(self.get()))
       return real(self, *a, **kw)
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
@@ -330,9 +344,10 @@ def main_reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fault", ["kill", "full_disk"])
-def test_a_kill_or_a_full_disk_mid_save_loses_nothing(main_reference, tmp_path, fault):
+def test_a_kill_or_a_full_disk_during_a_background_save_loses_nothing(main_reference, tmp_path,
+                                                                      fault):
   out = _main(tmp_path, patch=fault)
-  assert out.returncode != 0
+  assert out.returncode == 137 if fault == "kill" else out.returncode != 0
   if fault == "full_disk":
     errors = [line for line in _errors(out) if "E1" in line or "space" in line]
     assert len(errors) == 1 and "No space left on device" in errors[0], _errors(out)
@@ -343,6 +358,59 @@ def test_a_kill_or_a_full_disk_mid_save_loses_nothing(main_reference, tmp_path, 
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["final"] == pytest.approx(main_reference["final"], rel=1e-5, abs=1e-6)
   assert results["untrained"] == pytest.approx(main_reference["untrained"])
+
+
+def test_a_save_returns_before_its_checksums_and_keeps_the_state_the_next_step_donates(
+    tmp_path, monkeypatch):
+  """The loop's save hands a device copy to the saving thread and goes on: the checksums
+  (blocked here until the next step has run and donated the state) run off the main
+  thread, and the checkpoint holds the state as it was at the save."""
+  c = _config()
+  steps = Steps.build(c, 5, 2, make_mesh())
+  state = steps.fresh_state()
+  batch = to_global(steps.mesh, {"image": np.zeros((16, 16, 16, 3), np.uint8),
+                                 "label": np.repeat(np.arange(4, dtype=np.int32), 4)})
+  state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+  saved = jax.device_get(flax.serialization.to_state_dict(state))
+  stepped, threads = threading.Event(), []
+  real = checkpoint.checksums
+
+  def blocked_checksums(state_dict):
+    threads.append(threading.current_thread().name)
+    assert stepped.wait(60), "the save waited for its checksums"
+    return real(state_dict)
+
+  monkeypatch.setattr(checkpoint, "checksums", blocked_checksums)
+  ckpts = Checkpoints(Workdir(tmp_path))
+  ckpts.save(state, 1)  # Returns with the checksums still blocked.
+  state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+  jax.block_until_ready(state)
+  stepped.set()
+  ckpts.wait()
+  assert threads and threading.main_thread().name not in threads
+  restored, step = ckpts.restore(steps.abstract)
+  ckpts.close()
+  assert step == 1
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(flax.serialization.to_state_dict(restored)), saved)
+
+
+def test_a_failed_background_save_raises_at_the_next_save_or_wait(tmp_path, monkeypatch):
+  ckpts = Checkpoints(Workdir(tmp_path))
+  state = Steps.build(_config(), 5, 2, make_mesh()).fresh_state()
+
+  def full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoint, "checksums", full)
+  ckpts.save(state, 1)
+  with pytest.raises(OSError, match="No space left"):
+    ckpts.wait()
+  ckpts.save(state, 2)
+  assert ckpts.latest_step() is None  # Waits for the save in flight; its error waits too.
+  with pytest.raises(OSError, match="No space left"):
+    ckpts.save(state, 3)
+  ckpts.close()
 
 
 @pytest.mark.parametrize("args, expect", [

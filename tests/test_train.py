@@ -2,6 +2,8 @@
 
 import json
 import os
+import threading
+import types
 
 import flax
 import jax
@@ -406,8 +408,9 @@ def _classification_config():
 
 @pytest.mark.parametrize("method", ["baseline", "idml", "iaa", "idml+iaa", "classification"])
 def test_steps_between_logs_read_nothing_back_from_the_device(tmp_path, monkeypatch, method):
-  """A read-back (float(), np.asarray, .item(), device_get ...) waits for the device queue: the
-  host could not run ahead. Only logging steps and epoch ends may read."""
+  """A read-back (float(), np.asarray, .item(), device_get ...) on the loop's thread waits for
+  the device queue: the host could not run ahead. Only logging steps and epoch ends may read
+  (the saving thread's reads of its state copy wait on that thread only)."""
   from jax._src import array
 
   from idml_jax.train import steps as steps_lib
@@ -415,11 +418,12 @@ def test_steps_between_logs_read_nothing_back_from_the_device(tmp_path, monkeypa
        tiny(method=method, iaa__start_epoch=0, iaa__update_every=1))
   c.num_epochs, c.max_steps_per_epoch, c.log_every_steps = 2, 4, 3
   c.eval.every_epochs, c.eval.at_start, c.eval.nmi = 2, False, False
-  done, reads = [0], {}
+  done, reads, loop_thread = [0], {}, threading.current_thread()
 
   def counted(fn):
     def wrapper(*args, **kwargs):
-      reads[done[0]] = reads.get(done[0], 0) + 1
+      if threading.current_thread() is loop_thread:
+        reads[done[0]] = reads.get(done[0], 0) + 1
       return fn(*args, **kwargs)
     return wrapper
 
@@ -462,7 +466,7 @@ def test_prefetch_keeps_batches_on_the_device_ahead_of_the_step(size):
   assert got == list(range(5))  # Every batch once, in order.
 
 
-def test_the_eta_leaves_out_compilation_and_adds_the_evaluations_to_come(monkeypatch, caplog):
+def test_the_eta_leaves_out_compilation_and_adds_the_passes_to_come(monkeypatch, caplog):
   from idml_jax.train import reporting
   clock = [0.0]
   monkeypatch.setattr(reporting.time, "perf_counter", lambda: clock[0])
@@ -474,10 +478,25 @@ def test_the_eta_leaves_out_compilation_and_adds_the_evaluations_to_come(monkeyp
   assert progress(20, {})["steps_per_sec"] == pytest.approx(2.5)
   with progress.excluded("eval"):
     clock[0] += 8.0
+  with progress.excluded("estimate"):
+    clock[0] += 3.0
   clock[0] += 4.0
   with caplog.at_level("INFO"):
-    assert progress(30, {}, evals_left=2)["steps_per_sec"] == pytest.approx(2.5)
-  assert "ETA 0m44s" in caplog.text  # 70 steps at 2.5 steps/s + 2 evaluations of 8 s.
+    assert progress(30, {}, {"eval": 2, "estimate": 5})["steps_per_sec"] == pytest.approx(2.5)
+  assert "ETA 0m59s" in caplog.text  # 70 steps at 2.5 steps/s, 2 evaluations of 8 s, 5 × 3 s.
+
+
+@pytest.mark.parametrize("every, start, epochs", [(1, 0, 5), (2, 1, 6), (3, 2, 7)])
+def test_the_passes_left_count_each_evaluation_and_estimate_still_to_run(every, start, epochs):
+  c = tiny(method="iaa", num_epochs=epochs, eval__every_epochs=2, iaa__update_every=every,
+           iaa__start_epoch=start)
+  run = types.SimpleNamespace(config=c, steps_per_epoch=3)
+  for done in range(epochs * 3 + 1):
+    evals = [e for e in range(1, epochs + 1) if e % 2 == 0 or e == epochs]
+    estimates = [e for e in range(start, epochs) if (e - start) % every == 0]
+    # An evaluation ends epoch e (after step 3e); an estimate starts it (before step 3e).
+    assert loop._passes_left(run, done) == {"eval": sum(3 * e >= done for e in evals),
+                                            "estimate": sum(3 * e >= done for e in estimates)}
 
 
 @pytest.mark.parametrize("recipe", ["pa", "idml_pa", "ms", "iaa_ms", "idml_iaa_ms"])

@@ -75,9 +75,13 @@ def pad_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator, *,
   random ``size`` × ``size`` crop, flip horizontally with probability 1/2."""
   if img.shape[:2] != (size, size):
     img = _resize(img, size, size)
-  padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))
   top, left = rng.integers(0, 2 * pad + 1, size=2)
-  out = padded[top:top + size, left:left + size]
+  # The window's corner in the image's coordinates; what falls outside the image is zero.
+  y, x = int(top) - pad, int(left) - pad
+  (y0, y1), (x0, x1) = ((max(v, 0), min(v + size, size)) for v in (y, x))
+  out = np.zeros_like(img)
+  if y0 < y1 and x0 < x1:
+    out[y0 - y:y1 - y, x0 - x:x1 - x] = img[y0:y1, x0:x1]
   return out[:, ::-1] if rng.random() < 0.5 else out
 
 

@@ -14,7 +14,10 @@ and the Flax examples do)::
     tensorboard/, *.png   TensorBoard files and figures
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
-kill mid-save leaves the previous one restorable. Each checkpoint also stores a CRC-32 of
+kill mid-save leaves the previous one restorable. Saves run in the background: the train
+loop hands over an on-device copy of the state and goes on; the copy's checksums and the
+write happen on a saving thread, and :meth:`Checkpoints.wait` waits for them (the run does
+before it ends). Each checkpoint also stores a CRC-32 of
 every array; a restore recomputes them and checks that the state is finite, and falls back
 to the newest checkpoint that verifies. JSON files are written to a temporary name and
 renamed, so a kill or a full disk leaves the previous version.
@@ -25,6 +28,8 @@ A workdir holds one run: :func:`run_changes` compares a resumed run's config wit
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -36,6 +41,7 @@ import zlib
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -259,45 +265,90 @@ def quiet_orbax_leftovers() -> None:
   sys.unraisablehook = hook
 
 
-class Checkpoints:
-  """The latest checkpoints (for resume) and the best one, verified on restore."""
+@jax.jit
+def _device_copy(arrays: list[jax.Array]) -> list[jax.Array]:
+  """New device buffers holding ``arrays`` (the train step donates the state's own)."""
+  return [jnp.array(a, copy=True) for a in arrays]
 
-  def __init__(self, workdir: Workdir, max_to_keep: int = 2):
+
+def _snapshot(state) -> dict:
+  """The state dict of ``state`` with its device arrays copied on the device (dispatched,
+  not awaited): what a background save reads while the next steps run."""
+  leaves, treedef = jax.tree.flatten(flax.serialization.to_state_dict(state))
+  on_device = [i for i, v in enumerate(leaves) if isinstance(v, jax.Array)]
+  for i, copy in zip(on_device, _device_copy([leaves[i] for i in on_device]), strict=True):
+    leaves[i] = copy
+  return jax.tree.unflatten(treedef, leaves)
+
+
+class Checkpoints:
+  """The latest checkpoints (for resume) and the best one, verified on restore.
+
+  :meth:`save` and :meth:`save_best` return at once: a saving thread computes the checksums
+  and writes, in order, while training goes on (at most ``max_pending`` saves in flight,
+  each holding a device copy of the state). A failed save raises at the next save or at
+  :meth:`wait`.
+  """
+
+  def __init__(self, workdir: Workdir, max_to_keep: int = 2, max_pending: int = 2):
     self.workdir = workdir
     self.latest = ocp.CheckpointManager(
         workdir.checkpoints, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                                   create=True))
     self.best = ocp.CheckpointManager(
         workdir.best, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+    self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    self._max_pending = max_pending
 
   def latest_step(self) -> int | None:
+    """The newest complete latest checkpoint (saves in flight are waited for first)."""
+    self._settle()
     return self.latest.latest_step()
 
-  def _save(self, mngr: ocp.CheckpointManager, state, step: int, meta: dict) -> None:
-    state_dict = flax.serialization.to_state_dict(state)
+  def _settle(self) -> None:
+    """Waits for the saves in flight, without raising their errors (:meth:`wait` does)."""
+    concurrent.futures.wait(self._pending)
+
+  def _submit(self, job, *args) -> None:
+    while self._pending and (self._pending[0].done()
+                             or len(self._pending) >= self._max_pending):
+      self._pending.popleft().result()  # Raises a failed save's error.
+    self._pending.append(self._saver.submit(job, *args))
+
+  @staticmethod
+  def _write(mngr: ocp.CheckpointManager, state_dict: dict, step: int, meta: dict) -> None:
+    """(On the saving thread.) Checksums, then orbax's save of ``state_dict`` at ``step``."""
     meta = {"step": step, "checksums": checksums(state_dict), **meta}
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
                                             meta=ocp.args.JsonSave(meta)), force=True)
 
   def save(self, state, step: int) -> None:
-    self._save(self.latest, state, step, {})
+    """Saves ``state`` at ``step`` in the background (:meth:`wait` for it)."""
+    self._submit(self._write, self.latest, _snapshot(state), step, {})
 
   def save_best(self, state, step: int, metrics: dict) -> None:
     """Saves the best checkpoint with its ``metrics`` (``{"step": step, ...}``, also written
-    to ``best/metrics.json``). A best checkpoint at or after ``step`` belongs to a run being
-    replayed from an earlier checkpoint: it is replaced."""
-    for old in self.best.all_steps():
-      if old >= step:
-        self.best.delete(old)
+    to ``best/metrics.json`` once the checkpoint is complete), in the background. A best
+    checkpoint at or after ``step`` belongs to a run being replayed from an earlier
+    checkpoint: it is replaced."""
     metrics = {"step": step, **metrics}
-    self._save(self.best, state, step, {"metrics": metrics})
-    self.best.wait_until_finished()
-    if is_main_process():
-      write_json(self.workdir.best_metrics_file, metrics)
+
+    def job(state_dict):
+      for old in self.best.all_steps():
+        if old >= step:
+          self.best.delete(old)
+      self._write(self.best, state_dict, step, {"metrics": metrics})
+      self.best.wait_until_finished()
+      if is_main_process():
+        write_json(self.workdir.best_metrics_file, metrics)
+
+    self._submit(job, _snapshot(state))
 
   def best_metrics(self) -> dict | None:
     """The best checkpoint's metrics: ``best/metrics.json``, or (when that file is missing or
     damaged) the copy stored in the checkpoint itself; None without a best checkpoint."""
+    self._settle()
     step = self.best.latest_step()
     if step is None:
       return None
@@ -318,6 +369,7 @@ class Checkpoints:
     A checkpoint that fails is moved to ``damaged/`` with one warning naming it, and the
     next older one is tried. Raises :class:`CheckpointError` if none restores.
     """
+    self._settle()
     mngr = self.best if best else self.latest
     quiet_orbax_leftovers()  # A damaged checkpoint is one warning line, not 5,000.
     target = flax.serialization.to_state_dict(abstract_state)
@@ -349,9 +401,14 @@ class Checkpoints:
     mngr.reload()
 
   def wait(self) -> None:
+    """Waits for every save to be complete on disk; raises the first failed one's error."""
+    while self._pending:
+      self._pending.popleft().result()
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
 
   def close(self) -> None:
+    self._settle()
+    self._saver.shutdown()
     self.latest.close()
     self.best.close()

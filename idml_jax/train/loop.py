@@ -175,17 +175,21 @@ def _evaluate(run: Run, state, step: int) -> tuple[dict, dict]:
   return metrics, emb
 
 
+def _estimate_due(config: ml_collections.ConfigDict, epoch: int) -> bool:
+  """IAA re-estimates its statistics over the training set at the start of ``epoch``."""
+  cfg = config.iaa
+  return (config_lib.uses_iaa(config.method) and epoch >= cfg.start_epoch
+          and (epoch - cfg.start_epoch) % cfg.update_every == 0)
+
+
 def _maybe_update_class_stats(run: Run, state, epoch: int):
   """Re-estimates the IAA statistics over the whole training set when they are due."""
-  cfg = run.config.iaa
-  due = (config_lib.uses_iaa(run.config.method) and epoch >= cfg.start_epoch
-         and (epoch - cfg.start_epoch) % cfg.update_every == 0
-         and int(state.class_stats_epoch) < epoch)
-  if not due:
+  if not _estimate_due(run.config, epoch) or int(state.class_stats_epoch) >= epoch:
     return state
   t = time.perf_counter()
   emb = embed_split(run.steps, state, run.splits["train"], run.skipped["iaa"],
-                    augment_seed=[run.config.seed, epoch] if cfg.estimate_augmented else None)
+                    augment_seed=[run.config.seed, epoch] if run.config.iaa.estimate_augmented
+                    else None)
   stats = run.steps.update_class_stats(state.class_stats, emb["semantic"],
                                        emb["labels"].astype(np.int32))
   logging.info("IAA class statistics re-estimated at epoch %d over %d images (%.1f s).", epoch,
@@ -215,11 +219,15 @@ def _better(task: tasks.Task, metrics: dict, best: dict) -> bool:
   return new > old if task.higher_is_better else new < old
 
 
-def _evals_left(run: Run, done: int) -> int:
-  """Evaluations still to run after ``done`` steps (an epoch ending at ``done`` included)."""
+def _passes_left(run: Run, done: int) -> dict[str, int]:
+  """``{"eval": n, "estimate": m}``: the evaluations (at the end of an epoch, the one ending
+  at ``done`` included) and IAA estimates (at the start of one) still to run after ``done``
+  steps."""
   cfg = run.config
-  return sum(1 for e in range(-(-done // run.steps_per_epoch), cfg.num_epochs + 1)
-             if e and (e % cfg.eval.every_epochs == 0 or e == cfg.num_epochs))
+  first = -(-done // run.steps_per_epoch)
+  return {"eval": sum(1 for e in range(first, cfg.num_epochs + 1)
+                      if e and (e % cfg.eval.every_epochs == 0 or e == cfg.num_epochs)),
+          "estimate": sum(1 for e in range(first, cfg.num_epochs) if _estimate_due(cfg, e))}
 
 
 def _skipped(run: Run) -> dict[str, int]:
@@ -273,8 +281,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
       if stop.requested:  # Ctrl-C lands here, between steps, never inside a save.
         raise KeyboardInterrupt
       epoch = step // run.steps_per_epoch
-      if step % run.steps_per_epoch == 0:
-        state = _maybe_update_class_stats(run, state, epoch)
+      if step % run.steps_per_epoch == 0 and _estimate_due(cfg, epoch):
+        with progress.excluded("estimate"):
+          state = _maybe_update_class_stats(run, state, epoch)
       batch = next(batches)
       synthesize = config_lib.uses_iaa(cfg.method) and epoch >= cfg.iaa.start_epoch
       strength = (iaa.strength_schedule(cfg.iaa.strength, epoch, cfg.num_epochs)
@@ -291,7 +300,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
         scalars = _window_means(window, done, ckpts)
         if done % cfg.log_every_steps == 0:
           window = []
-          scalars.update(progress(done, scalars, _evals_left(run, done)))
+          scalars.update(progress(done, scalars, _passes_left(run, done)))
           writer.write(done, scalars, "train/")
       if not epoch_end:
         continue

@@ -105,18 +105,21 @@ def read_metrics(workdir: Workdir) -> list[dict]:
 
 class Progress:
   """Logs steps/s, images/s and ETA every ``every`` steps. The rate counts training steps
-  only: time inside :meth:`excluded` (compiling a new step, evaluating) is left out of it,
-  and the ETA adds the evaluations still to come at their mean time so far."""
+  only: time inside :meth:`excluded` (compiling a new step, a pass over a split) is left out
+  of it, and the ETA adds the passes still to come at their mean time so far."""
+
+  PASSES = ("eval", "estimate")  # Evaluations; IAA's re-estimates over the training set.
 
   def __init__(self, total_steps: int, batch_size: int, every: int):
     self.total, self.batch, self.every = total_steps, batch_size, every
     self._t, self._s = time.perf_counter(), None
     self._excluded = 0.0  # Seconds excluded since the last log.
-    self._evals: list[float] = []
+    self._passes: dict[str, list[float]] = {what: [] for what in self.PASSES}
 
   @contextlib.contextmanager
   def excluded(self, what: str):
-    """Time spent in the block is not training time (``what``: ``compile`` | ``eval``)."""
+    """Time spent in the block is not training time (``what``: ``compile`` or one of
+    :attr:`PASSES`)."""
     if what == "compile":
       logging.info("Compiling a train step...")
     t = time.perf_counter()
@@ -125,11 +128,13 @@ class Progress:
     finally:
       dt = time.perf_counter() - t
       self._excluded += dt
-      if what == "eval":
-        self._evals.append(dt)
+      if what in self._passes:
+        self._passes[what].append(dt)
 
   def __call__(self, step: int, scalars: dict[str, float],
-               evals_left: int = 0) -> dict[str, float]:
+               passes_left: dict[str, int] | None = None) -> dict[str, float]:
+    """Logs the window ending at ``step``; ``passes_left``: ``{"eval": n, "estimate": m}``
+    still to run. Returns ``steps_per_sec`` and ``images_per_sec`` (none at the first)."""
     now = time.perf_counter()
     if self._s is None:
       self._t, self._s, self._excluded = now, step, 0.0
@@ -137,8 +142,9 @@ class Progress:
     rate = (step - self._s) / max(now - self._t - self._excluded, 1e-9)
     self._t, self._s, self._excluded = now, step, 0.0
     eta = (self.total - step) / max(rate, 1e-9)
-    if self._evals:
-      eta += evals_left * sum(self._evals) / len(self._evals)
+    for what, n in (passes_left or {}).items():
+      if self._passes[what]:
+        eta += n * sum(self._passes[what]) / len(self._passes[what])
     logging.info("step %d/%d (%.0f%%) | %.2f steps/s, %.0f images/s | ETA %dm%02ds | %s", step,
                  self.total, 100 * step / self.total, rate, rate * self.batch, eta // 60, eta % 60,
                  " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
