@@ -182,16 +182,14 @@ def _estimate_due(config: ml_collections.ConfigDict, epoch: int) -> bool:
           and (epoch - cfg.start_epoch) % cfg.update_every == 0)
 
 
-def _maybe_update_class_stats(run: Run, state, epoch: int):
-  """Re-estimates the IAA statistics over the whole training set when they are due."""
-  if not _estimate_due(run.config, epoch) or int(state.class_stats_epoch) >= epoch:
-    return state
+def _update_class_stats(run: Run, state, epoch: int):
+  """Re-estimates the IAA statistics over the whole training set (due at ``epoch``)."""
   t = time.perf_counter()
   emb = embed_split(run.steps, state, run.splits["train"], run.skipped["iaa"],
                     augment_seed=[run.config.seed, epoch] if run.config.iaa.estimate_augmented
                     else None)
-  stats = run.steps.update_class_stats(state.class_stats, emb["semantic"],
-                                       emb["labels"].astype(np.int32))
+  stats = jax.block_until_ready(run.steps.update_class_stats(  # Its time is the pass's.
+      state.class_stats, emb["semantic"], emb["labels"].astype(np.int32)))
   logging.info("IAA class statistics re-estimated at epoch %d over %d images (%.1f s).", epoch,
                len(emb["labels"]), time.perf_counter() - t)
   return state.replace(class_stats=stats, class_stats_epoch=np.int32(epoch))
@@ -281,9 +279,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
       if stop.requested:  # Ctrl-C lands here, between steps, never inside a save.
         raise KeyboardInterrupt
       epoch = step // run.steps_per_epoch
-      if step % run.steps_per_epoch == 0 and _estimate_due(cfg, epoch):
+      if (step % run.steps_per_epoch == 0 and _estimate_due(cfg, epoch)
+          and int(state.class_stats_epoch) < epoch):  # Not yet done for this epoch.
         with progress.excluded("estimate"):
-          state = _maybe_update_class_stats(run, state, epoch)
+          state = _update_class_stats(run, state, epoch)
       batch = next(batches)
       synthesize = config_lib.uses_iaa(cfg.method) and epoch >= cfg.iaa.start_epoch
       strength = (iaa.strength_schedule(cfg.iaa.strength, epoch, cfg.num_epochs)
