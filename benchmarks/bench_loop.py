@@ -7,7 +7,7 @@ For each row (``configs/small_images.py:<method>,<loss>,resnet`` on the demo's g
 demo's logging, checkpoint and evaluation settings, ``--epochs`` of 40 steps) and repeat:
 
 * ``step``: steps/s of the bare jitted train step (the loop's own ``Steps``), on batches
-  already on the device, after compilation;
+  already on the device, after compilation, measured again beside each loop run;
 * ``input``: the input pipeline alone, CPU milliseconds per batch (all its threads);
 * ``loop``: steps/s of ``train_and_evaluate`` as its progress line reports it (logging,
   checkpoints, device prefetch and the IAA state included; compilation, evaluation and IAA's
@@ -113,9 +113,9 @@ def input_cpu_ms(c, n: int = 200) -> float:
 
 
 def bare_rate(c) -> float:
-  """Steps/s of the jitted step alone on device-resident batches (after compilation)."""
-  spe = c.max_steps_per_epoch
-  n = c.num_epochs * spe
+  """Steps/s of the jitted step alone on device-resident batches (after compilation): the
+  median over windows of ``log_every_steps`` steps, as the loop's rate is."""
+  spe, window = c.max_steps_per_epoch, c.log_every_steps
   host, labels = _pipeline(c, spe)
   steps = Steps.build(c, int(labels.max()) + 1, spe, make_mesh())
   state = steps.fresh_state()
@@ -124,12 +124,15 @@ def bare_rate(c) -> float:
   kwargs = dict(synthesize=synth, train_backbone=True)
   state, m = steps.train_step(state, batches[0], 0.8 if synth else 0.0, **kwargs)
   jax.block_until_ready(m)
-  t = time.perf_counter()
-  for i in range(n):
-    state, m = steps.train_step(state, batches[i % len(batches)], 0.8 if synth else 0.0,
-                                **kwargs)
-  jax.block_until_ready(m)
-  return n / (time.perf_counter() - t)
+  rates = []
+  for w in range(c.num_epochs * spe // window):
+    t = time.perf_counter()
+    for i in range(w * window, (w + 1) * window):
+      state, m = steps.train_step(state, batches[i % len(batches)], 0.8 if synth else 0.0,
+                                  **kwargs)
+    jax.block_until_ready(m)
+    rates.append(window / (time.perf_counter() - t))
+  return float(np.median(rates))
 
 
 def loop_rate(c, *, replay: bool, sleep: float = 0.0) -> float:
@@ -182,16 +185,17 @@ def main():
     steps, cpu = [], []
     ratios = {"replayed": [], "one_checkpoint": [], "slow": [], "pipeline": []}
     for _ in range(args.repeats):
-      step = bare_rate(config(row, args.epochs))
-      steps.append(1e3 / step)
-      cpu.append(input_cpu_ms(config(row, args.epochs)))
-      ratios["replayed"].append(loop_rate(config(row, args.epochs), replay=True) / step)
       once = config(row, args.epochs)
       once.checkpoint_every_epochs = args.epochs
-      ratios["one_checkpoint"].append(loop_rate(once, replay=True) / step)
-      ratios["slow"].append(
-          loop_rate(config(row, args.epochs), replay=True, sleep=args.slow / step) / step)
-      ratios["pipeline"].append(loop_rate(config(row, args.epochs), replay=False) / step)
+      cpu.append(input_cpu_ms(config(row, args.epochs)))
+      for name, c, kwargs in (("replayed", config(row, args.epochs), dict(replay=True)),
+                              ("one_checkpoint", once, dict(replay=True)),
+                              ("slow", config(row, args.epochs), dict(replay=True, slow=True)),
+                              ("pipeline", config(row, args.epochs), dict(replay=False))):
+        step = bare_rate(c)  # Measured beside each loop run: the machine drifts.
+        steps.append(1e3 / step)
+        sleep = args.slow / step if kwargs.pop("slow", False) else 0.0
+        ratios[name].append(loop_rate(c, sleep=sleep, **kwargs) / step)
     print(f"| {row} | {statistics.mean(steps):.1f} | {statistics.mean(cpu):.1f} | "
           f"{_cell(ratios['replayed'])} | {_cell(ratios['one_checkpoint'])} | "
           f"{_cell(ratios['slow'])} | "
