@@ -1,6 +1,7 @@
 """The train loop against its bare step: does the loop run at the speed of its step?
 
     python benchmarks/bench_loop.py [--rows baseline,pa idml,pa iaa,ms idml_iaa,ms] \\
+        [--columns replayed one_checkpoint slow slow_one_checkpoint pipeline] \\
         [--epochs 6] [--repeats 3] [--slow 0.8]
 
 For each row (``configs/small_images.py:<method>,<loss>,resnet`` on the demo's glyphs, the
@@ -11,7 +12,7 @@ demo's logging, checkpoint and evaluation settings, ``--epochs`` of 40 steps) an
 * ``input``: the input pipeline alone, CPU milliseconds per batch (all its threads);
 * ``loop``: steps/s of ``train_and_evaluate`` as its progress line reports it (logging,
   checkpoints, device prefetch and the IAA state included; compilation, evaluation and IAA's
-  passes over the training set left out: the median over its logs), three ways:
+  passes over the training set left out: the median over its logs), in these settings:
 
   - ``replayed``: the pipeline's batches made once and replayed from memory: the CPU's
     stand-in for an accelerator, where the pipeline's work runs on host cores the step does
@@ -21,9 +22,9 @@ demo's logging, checkpoint and evaluation settings, ``--epochs`` of 40 steps) an
     ~0.23 s of CPU for the demo's ~300 arrays, ``bench_checkpoint.py``) takes its CPU from
     the step; on an accelerator it takes host time the device does not wait for. The
     difference between the two columns is that share, what is left is the loop's own cost.
-  - ``replayed, slow``: the same, each batch delayed by a sleep of ``--slow`` × the bare
-    step's time on the thread that feeds the device. The loop keeps its speed only if
-    loading the next batch overlaps the step. Goal ≥ 0.9.
+  - ``replayed, slow input``: the same, each batch delayed by a sleep of ``--slow`` × the
+    bare step's time on the thread that feeds the device. The loop keeps its speed only if
+    loading the next batch overlaps the step; with one checkpoint, goal ≥ 0.9.
   - ``pipeline``: the real pipeline. On this machine it decodes and crops on the same
     cores the step computes on, so the ratio also counts that contention.
 
@@ -166,10 +167,21 @@ def _cell(values) -> str:
   return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
+# Column -> (its heading, replay the input, sleep per batch, checkpoint every epoch).
+COLUMNS = {
+    "replayed": ("loop ÷ step, replayed (≥ 0.95)", True, False, True),
+    "one_checkpoint": ("replayed, one checkpoint", True, False, False),
+    "slow": ("replayed, slow input", True, True, True),
+    "slow_one_checkpoint": ("replayed, slow input, one checkpoint (≥ 0.9)", True, True, False),
+    "pipeline": ("pipeline (shares the cores)", False, False, True),
+}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rows", nargs="+", default=["baseline,pa", "idml,pa", "iaa,ms",
                                                "idml_iaa,ms"])
+  p.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
   p.add_argument("--epochs", type=int, default=6)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--slow", type=float, default=0.8)
@@ -177,29 +189,25 @@ def main():
   cache = tempfile.mkdtemp(prefix="bench_loop_cache_")
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  print(f"| row | step (ms) | input (CPU ms/batch) | loop ÷ step, replayed (≥ 0.95) | "
-        f"replayed, one checkpoint | replayed, slow {args.slow:g}× (≥ 0.9) | "
-        "pipeline (shares the cores) | repeats |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| row | step (ms) | input (CPU ms/batch) | "
+        + " | ".join(COLUMNS[k][0] for k in args.columns) + " | repeats |")
+  print("|---|---|---|" + "---|" * len(args.columns) + "---|")
   for row in args.rows:
-    steps, cpu = [], []
-    ratios = {"replayed": [], "one_checkpoint": [], "slow": [], "pipeline": []}
+    steps, cpu, ratios = [], [], {k: [] for k in args.columns}
     for _ in range(args.repeats):
-      once = config(row, args.epochs)
-      once.checkpoint_every_epochs = args.epochs
       cpu.append(input_cpu_ms(config(row, args.epochs)))
-      for name, c, kwargs in (("replayed", config(row, args.epochs), dict(replay=True)),
-                              ("one_checkpoint", once, dict(replay=True)),
-                              ("slow", config(row, args.epochs), dict(replay=True, slow=True)),
-                              ("pipeline", config(row, args.epochs), dict(replay=False))):
+      for name in args.columns:
+        _, replay, slow, every_epoch = COLUMNS[name]
+        c = config(row, args.epochs)
+        if not every_epoch:
+          c.checkpoint_every_epochs = args.epochs
         step = bare_rate(c)  # Measured beside each loop run: the machine drifts.
         steps.append(1e3 / step)
-        sleep = args.slow / step if kwargs.pop("slow", False) else 0.0
-        ratios[name].append(loop_rate(c, sleep=sleep, **kwargs) / step)
+        ratios[name].append(loop_rate(c, replay=replay,
+                                      sleep=args.slow / step if slow else 0.0) / step)
     print(f"| {row} | {statistics.mean(steps):.1f} | {statistics.mean(cpu):.1f} | "
-          f"{_cell(ratios['replayed'])} | {_cell(ratios['one_checkpoint'])} | "
-          f"{_cell(ratios['slow'])} | "
-          f"{_cell(ratios['pipeline'])} | {args.repeats} |", flush=True)
+          + " | ".join(_cell(ratios[k]) for k in args.columns) + f" | {args.repeats} |",
+          flush=True)
 
 
 if __name__ == "__main__":
