@@ -27,19 +27,16 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import flax  # noqa: E402
 import jax  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
-from idml_jax.train.checkpoint import Checkpoints, Workdir, checksums  # noqa: E402
+from idml_jax.train.checkpoint import Checkpoints, Workdir  # noqa: E402
 from idml_jax.train.steps import Steps, make_mesh  # noqa: E402
 
 
 def synchronous_save(ckpts: Checkpoints, state, step: int) -> None:
-  """848c6dd's ``Checkpoints.save``: checksums on the caller's thread, then orbax."""
-  state_dict = flax.serialization.to_state_dict(state)
-  meta = {"step": step, "checksums": checksums(state_dict)}
-  ckpts.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
-                                                  meta=ocp.args.JsonSave(meta)), force=True)
+  """848c6dd's ``Checkpoints.save``: the saving thread's work (checksums, then orbax's
+  ``save``), on the caller's thread and on the state itself."""
+  ckpts._write(ckpts.latest, flax.serialization.to_state_dict(state), step, {})  # noqa: SLF001
 
 
 def main():
