@@ -1,16 +1,16 @@
-"""How long a checkpoint save holds the train loop: the background save against the
-synchronous one it replaced.
+"""How long a checkpoint save holds the train loop, and its CPU: today's background save of
+the packed state against the synchronous, array-by-array one it replaced.
 
     python benchmarks/bench_checkpoint.py [--backbone resnet50] [--repeats 5]
 
 The train state of ``--backbone`` (IDML-PA, 512-d, 100 classes, Adam-style moments) is saved
 into a fresh workdir, ``--repeats`` times each way, timing:
 
-* ``synchronous``: what ``Checkpoints.save`` did before (commit 848c6dd) — the CRC-32 of
-  every array on the loop's thread, then orbax's ``save`` call (its blocking part: the
-  device-to-host copy);
-* ``background``: today's ``Checkpoints.save`` — it returns once the device copy is
-  dispatched; the checksums and orbax run on the saving thread;
+* ``synchronous``: what ``Checkpoints.save`` did at commit 848c6dd — the CRC-32 of every
+  array on the loop's thread, then orbax's ``save`` call of the state dict, one orbax array
+  per leaf (its blocking part: the device-to-host copy);
+* ``background``: today's ``Checkpoints.save`` — it returns once the packing (one array per
+  dtype, on the device) is dispatched; the checksums and orbax run on the saving thread;
 
 and, for both, the time until the checkpoint is complete on disk (``wait``) and the CPU time
 the save takes in all (every thread of the process). Prints the medians.
@@ -27,16 +27,23 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import flax  # noqa: E402
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
-from idml_jax.train.checkpoint import Checkpoints, Workdir  # noqa: E402
+from idml_jax.train.checkpoint import Checkpoints, Workdir, checksums  # noqa: E402
 from idml_jax.train.steps import Steps, make_mesh  # noqa: E402
 
 
 def synchronous_save(ckpts: Checkpoints, state, step: int) -> None:
-  """848c6dd's ``Checkpoints.save``: the saving thread's work (checksums, then orbax's
-  ``save``), on the caller's thread and on the state itself."""
-  ckpts._write(ckpts.latest, flax.serialization.to_state_dict(state), step, {})  # noqa: SLF001
+  """848c6dd's ``Checkpoints.save``: checksums, then orbax's save of the state dict (one
+  orbax array per leaf), on the caller's thread."""
+  state_dict = flax.serialization.to_state_dict(state)
+  leaves = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(state_dict,
+                                                                         sep="/").items()}
+  meta = {"step": step, "checksums": checksums(leaves)}
+  ckpts.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
+                                                  meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def main():
@@ -50,7 +57,7 @@ def main():
   state = Steps.build(c, args.classes, 100, make_mesh()).fresh_state(pretrained=False)
   jax.block_until_ready(state)
   mib = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
-  print(f"{args.backbone} train state: {mib:.0f} MiB")
+  print(f"{args.backbone} train state: {mib:.0f} MiB in {len(jax.tree.leaves(state))} arrays")
   for name, save in (("synchronous", synchronous_save),
                      ("background", lambda ck, s, i: ck.save(s, i))):
     held, done, cpu = [], [], []

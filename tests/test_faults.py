@@ -16,9 +16,11 @@ import textwrap
 import threading
 import time
 import types
+import zlib
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, tiny
@@ -411,6 +413,76 @@ def test_a_failed_background_save_raises_at_the_next_save_or_wait(tmp_path, monk
   with pytest.raises(OSError, match="No space left"):
     ckpts.save(state, 3)
   ckpts.close()
+
+
+def _odd_state(zero_size: bool = True):
+  """A state with what a train state may hold: several dtypes (bfloat16 alone in its group),
+  scalars and an empty node; ``zero_size``: arrays of size 0 too, one with its dtype alone
+  (orbax refuses to save an array of size 0)."""
+  rng = np.random.default_rng(0)
+  state = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+           "b": {"c": jnp.int32(7), "d": jnp.asarray(rng.normal(size=5), jnp.bfloat16),
+                 "g": jnp.arange(6, dtype=jnp.int32).reshape(2, 3)},
+           "e": {}, "h": jnp.float32(-1.5)}
+  if zero_size:
+    state.update(f=jnp.zeros((0, 2), jnp.float32), u=jnp.zeros((0,), jnp.uint8))
+  return state
+
+
+def test_a_checkpoint_is_one_array_per_dtype_and_restores_bit_for_bit(tmp_path):
+  """orbax's per-array cost (~1.5 ms of CPU each: 0.26 s for the demo's 157 arrays, taken
+  from the step on a CPU) is paid once per dtype: the saving thread writes the state packed,
+  and restore unpacks it into the model's structure and shardings."""
+  import orbax.checkpoint as ocp
+  state = _odd_state()
+  saved = jax.device_get(state)
+  ckpts = Checkpoints(Workdir(tmp_path))
+  ckpts.save(state, 3)
+  # The loop's next step donates the state's buffers (here all at once): the save must not
+  # read them, even where a dtype has one array.
+  jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)(state)
+  ckpts.wait()
+  stored = ocp.StandardCheckpointer().metadata(tmp_path / "checkpoints" / "3" / "state")
+  assert sorted(m.dtype.name for m in jax.tree.leaves(stored.item_metadata.tree)) == [
+      "bfloat16", "float32", "int32"]
+  sharding = make_mesh()  # The model's placement, which the restored arrays must take.
+  sharding = jax.sharding.NamedSharding(sharding, jax.sharding.PartitionSpec())
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          saved)
+  restored, step = ckpts.restore(abstract)
+  ckpts.close()
+  assert step == 3 and restored["e"] == {}
+  assert jax.tree.structure(restored) == jax.tree.structure(saved)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(saved), strict=True):
+    assert got.dtype == want.dtype and got.shape == want.shape and got.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_a_checkpoint_saved_array_by_array_still_restores(tmp_path, caplog):
+  """Checkpoints written before packing (one orbax array per leaf) resume as they are, and
+  their damage is still found."""
+  import orbax.checkpoint as ocp
+  state = jax.device_get(_odd_state(zero_size=False))
+  sd = flax.serialization.to_state_dict(state)
+  crcs = {k: zlib.crc32(np.ascontiguousarray(v).tobytes())
+          for k, v in flax.traverse_util.flatten_dict(sd, sep="/").items()}
+  mngr = ocp.CheckpointManager(Workdir(tmp_path).checkpoints,
+                               options=ocp.CheckpointManagerOptions(create=True))
+  for step, wrong in ((5, {}), (6, {"a": crcs["a"] ^ 1})):  # Step 6 is damaged.
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(sd),
+        meta=ocp.args.JsonSave({"step": step, "checksums": {**crcs, **wrong}})))
+  mngr.wait_until_finished()
+  mngr.close()
+  sharding = jax.sharding.NamedSharding(make_mesh(), jax.sharding.PartitionSpec())
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          state)
+  ckpts = Checkpoints(Workdir(tmp_path))
+  with caplog.at_level("WARNING"):
+    restored, step = ckpts.restore(abstract)
+  ckpts.close()
+  assert step == 5 and "step 6 is damaged (a does not match its checksum)" in caplog.text
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), state)
 
 
 @pytest.mark.parametrize("args, expect", [
