@@ -458,6 +458,21 @@ def test_a_checkpoint_is_one_array_per_dtype_and_restores_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def test_a_checkpoint_of_another_model_is_refused_and_kept(tmp_path):
+  """A checkpoint whose arrays differ from the model's is not damaged: restore names the
+  first difference and the fix, and moves nothing aside."""
+  state = _odd_state()
+  ckpts = Checkpoints(Workdir(tmp_path))
+  ckpts.save(state, 2)
+  other = {**jax.device_get(state), "a": np.zeros((3, 5), np.float32)}
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
+  with pytest.raises(CheckpointError, match=r"step 2 .*another model's state \(a: float32\[3, 4\] "
+                     r"in the checkpoint, float32\[3, 5\] in the model\).*new --workdir"):
+    ckpts.restore(abstract)
+  ckpts.close()
+  assert not (tmp_path / "damaged").exists() and (tmp_path / "checkpoints" / "2").is_dir()
+
+
 def test_a_checkpoint_saved_array_by_array_still_restores(tmp_path, caplog):
   """Checkpoints written before packing (one orbax array per leaf) resume as they are, and
   their damage is still found."""

@@ -7,7 +7,7 @@ and the Flax examples do)::
     untrained.json        metrics before training (eval.at_start), kept across resumes
     metrics.jsonl         every logged scalar, truncated to the restored step on resume
     results.json          final, best and untrained metrics of the finished run
-    checkpoints/<step>/   the latest checkpoints (state + checksums)
+    checkpoints/<step>/   the latest checkpoints (state packed by dtype + manifest, checksums)
     best/<step>/          the best checkpoint by the primary metric (+ its metrics)
     best/metrics.json     a copy of those metrics
     damaged/              checkpoints that failed verification, moved aside (never deleted)
@@ -294,14 +294,15 @@ def _unpack(packed: dict[str, np.ndarray], manifest: list) -> dict[str, np.ndarr
 
 
 def _differs(manifest: list, target: dict) -> str | None:
-  """What differs between a packed checkpoint's arrays and the flat target's, or None."""
-  want = {k: [jnp.dtype(v.dtype).name, list(v.shape)] for k, v in target.items()
+  """The first difference between a packed checkpoint's arrays and the flat target's, or
+  None."""
+  want = {k: f"{jnp.dtype(v.dtype).name}{list(v.shape)}" for k, v in target.items()
           if v is not flax.traverse_util.empty_node}
-  have = {path: [dtype, shape] for path, dtype, shape in manifest}
+  have = {path: f"{dtype}{list(shape)}" for path, dtype, shape in manifest}
   for k in sorted(set(want) | set(have)):
     if want.get(k) != have.get(k):
-      return (f"{k} is {have.get(k) or 'missing'} in the checkpoint, {want.get(k) or 'missing'} "
-              "in the model")
+      return (f"{k}: {have.get(k, 'absent')} in the checkpoint, {want.get(k, 'absent')} in the "
+              "model")
   return None
 
 
@@ -443,6 +444,8 @@ class Checkpoints:
     for step in sorted(mngr.all_steps(), reverse=True):
       try:
         leaves, problem = self._read(mngr, step, target)
+      except CheckpointError:
+        raise
       except Exception as e:  # noqa: BLE001  Any failure to read a checkpoint is damage.
         problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
       if problem is None:
@@ -458,12 +461,16 @@ class Checkpoints:
   @staticmethod
   def _read(mngr: ocp.CheckpointManager, step: int, target: dict):
     """``({path: host array}, None)`` of checkpoint ``step``, or ``(…, what is wrong)``;
-    ``target``: the flat abstract state dict."""
+    ``target``: the flat abstract state dict. Raises :class:`CheckpointError` if the
+    checkpoint holds another model's arrays (not damage: nothing is moved)."""
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if meta.get("layout") == PACKED:
-      problem = _differs(meta["arrays"], target)
-      if problem:
-        return None, problem
+      other = _differs(meta["arrays"], target)
+      if other:
+        raise CheckpointError(
+            f"Checkpoint step {step} ({mngr.directory}/{step}) holds another model's state "
+            f"({other}): evaluate or resume it with the code and config that saved it, or train "
+            "in a new --workdir.")
       everywhere = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("all",)),
                                               jax.sharding.PartitionSpec())
       abstract = {k: jax.ShapeDtypeStruct((n,), jnp.dtype(k), sharding=everywhere)
