@@ -9,8 +9,9 @@ into a fresh workdir, ``--repeats`` times each way, timing:
 * ``synchronous``: what ``Checkpoints.save`` did at commit 848c6dd — the CRC-32 of every
   array on the loop's thread, then orbax's ``save`` call of the state dict, one orbax array
   per leaf (its blocking part: the device-to-host copy);
-* ``background``: today's ``Checkpoints.save`` — it returns once the packing (one array per
-  dtype, on the device) is dispatched; the checksums and orbax run on the saving thread;
+* ``background``: today's ``Checkpoints.save`` — it returns once a device copy of the state
+  is dispatched; the saving thread fetches it, packs it (one array per dtype), computes the
+  checksums and lets orbax write;
 
 and, for both, the time until the checkpoint is complete on disk (``wait``) and the CPU time
 the save takes in all (every thread of the process). Prints the medians.

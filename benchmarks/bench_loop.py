@@ -18,17 +18,19 @@ demo's logging, checkpoint and evaluation settings, ``--epochs`` of 40 steps) an
     stand-in for an accelerator, where the pipeline's work runs on host cores the step does
     not use. Goal ≥ 0.95.
   - ``replayed, one checkpoint``: the same with the checkpoint at the end only (the demo
-    saves every epoch, here every ~1 s). On a CPU backend the background save (orbax:
-    ~0.23 s of CPU for the demo's ~300 arrays, ``bench_checkpoint.py``) takes its CPU from
-    the step; on an accelerator it takes host time the device does not wait for. The
-    difference between the two columns is that share, what is left is the loop's own cost.
+    saves every epoch, here every ~1 s). On a CPU backend the background save (~0.03 s of
+    CPU for the demo's state packed into 2 arrays; 0.23 s array by array,
+    ``bench_checkpoint.py``) takes its CPU from the step; on an accelerator it takes host
+    time the device does not wait for. The difference between the two columns is that
+    share, what is left is the loop's own cost.
   - ``replayed, slow input``: the same, each batch delayed by a sleep of ``--slow`` × the
     bare step's time on the thread that feeds the device. The loop keeps its speed only if
     loading the next batch overlaps the step; with one checkpoint, goal ≥ 0.9.
   - ``pipeline``: the real pipeline. On this machine it decodes and crops on the same
     cores the step computes on, so the ratio also counts that contention.
 
-Prints the mean ratio loop ÷ step over repeats (± sd) and the step time per row. A
+Prints the mean ratio loop ÷ step over repeats (± sd) and the step time per row (then each
+pair's ratio, as Markdown comments, for pooling runs). A
 persistent compilation cache (a temporary folder) spares the repeats their compiles.
 """
 
@@ -208,6 +210,8 @@ def main():
     print(f"| {row} | {statistics.mean(steps):.1f} | {statistics.mean(cpu):.1f} | "
           + " | ".join(_cell(ratios[k]) for k in args.columns) + f" | {args.repeats} |",
           flush=True)
+    for k in args.columns:  # Each pair's ratio, for pooling runs.
+      print(f"<!-- {row} {k}: {' '.join(f'{r:.3f}' for r in ratios[k])} -->", flush=True)
 
 
 if __name__ == "__main__":
