@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
-from idml_jax.train.checkpoint import Checkpoints, Workdir, checksums  # noqa: E402
+from idml_jax.train.checkpoint import Checkpoints, Workdir  # noqa: E402
+from idml_jax.train.packing import checksums  # noqa: E402
 from idml_jax.train.steps import Steps, make_mesh  # noqa: E402
 
 

@@ -27,7 +27,7 @@ from conftest import ROOT, tiny
 
 from idml_jax import data
 from idml_jax.data.sources import ArraySource
-from idml_jax.train import checkpoint, loop
+from idml_jax.train import loop, packing
 from idml_jax.train.checkpoint import (
     CheckpointError,
     Checkpoints,
@@ -375,14 +375,14 @@ def test_a_save_returns_before_its_checksums_and_keeps_the_state_the_next_step_d
   state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
   saved = jax.device_get(flax.serialization.to_state_dict(state))
   stepped, threads = threading.Event(), []
-  real = checkpoint.checksums
+  real = packing.checksums
 
   def blocked_checksums(state_dict):
     threads.append(threading.current_thread().name)
     assert stepped.wait(60), "the save waited for its checksums"
     return real(state_dict)
 
-  monkeypatch.setattr(checkpoint, "checksums", blocked_checksums)
+  monkeypatch.setattr(packing, "checksums", blocked_checksums)
   ckpts = Checkpoints(Workdir(tmp_path))
   ckpts.save(state, 1)  # Returns with the checksums still blocked.
   state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
@@ -404,7 +404,7 @@ def test_a_failed_background_save_raises_at_the_next_save_or_wait(tmp_path, monk
   def full(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(checkpoint, "checksums", full)
+  monkeypatch.setattr(packing, "checksums", full)
   ckpts.save(state, 1)
   with pytest.raises(OSError, match="No space left"):
     ckpts.wait()

@@ -7,7 +7,7 @@ and the Flax examples do)::
     untrained.json        metrics before training (eval.at_start), kept across resumes
     metrics.jsonl         every logged scalar, truncated to the restored step on resume
     results.json          final, best and untrained metrics of the finished run
-    checkpoints/<step>/   the latest checkpoints (state packed by dtype + manifest, checksums)
+    checkpoints/<step>/   the latest checkpoints (state packed by dtype: ``packing``)
     best/<step>/          the best checkpoint by the primary metric (+ its metrics)
     best/metrics.json     a copy of those metrics
     damaged/              checkpoints that failed verification, moved aside (never deleted)
@@ -33,12 +33,10 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 import sys
 import time
-import zlib
 
 import flax
 import jax
@@ -50,6 +48,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from idml_jax import config as config_lib
+from idml_jax.train import packing
 
 
 class CheckpointError(RuntimeError):
@@ -209,36 +208,6 @@ def read_json(path: epath.Path, what: str):
     return None
 
 
-def _flat(state_dict) -> dict:
-  """``{"params/model/...": leaf}``, empty nodes kept (``flax.traverse_util.empty_node``)."""
-  return flax.traverse_util.flatten_dict(state_dict, sep="/", keep_empty_nodes=True)
-
-
-def checksums(leaves: dict[str, np.ndarray]) -> dict[str, int]:
-  """CRC-32 of every array's bytes, by path."""
-  return {k: zlib.crc32(np.ascontiguousarray(v).tobytes()) for k, v in leaves.items()}
-
-
-def _verify(leaves: dict[str, np.ndarray], expected: dict[str, int]) -> str | None:
-  """None if the restored arrays match their checksums and are finite, else what is wrong."""
-  for k, v in leaves.items():
-    if expected.get(k) != zlib.crc32(np.ascontiguousarray(v).tobytes()):
-      return f"{k} does not match its checksum"
-    if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
-      return f"{k} holds NaN/inf"
-  missing = sorted(set(expected) - set(leaves))
-  return f"{missing[0]} is missing" if missing else None
-
-
-# The packed layout. orbax costs ~1.5 ms of Python per array and save (0.23 s of CPU for the
-# demo's 161 arrays; with 2 arrays, 0.03 s), so a checkpoint holds one array per dtype: the
-# state's arrays raveled and concatenated in the order of ``meta["arrays"]``, a list of
-# ``[path, dtype, shape]``. The train state is replicated (data parallel): each process has
-# all of it, and process 0 writes it. Checkpoints written before (one orbax array per leaf,
-# no ``meta["layout"]``) restore as they are.
-PACKED = "packed"
-
-
 @jax.jit
 def _device_copy(arrays: list[jax.Array]) -> list[jax.Array]:
   """New device buffers holding ``arrays`` (the train step donates the state's own)."""
@@ -248,70 +217,11 @@ def _device_copy(arrays: list[jax.Array]) -> list[jax.Array]:
 def _snapshot(state) -> dict:
   """The flat state dict of ``state`` with its device arrays copied on the device
   (dispatched, not awaited): what a background save reads while the next steps run."""
-  flat = {k: v for k, v in _flat(flax.serialization.to_state_dict(state)).items()
+  flat = {k: v for k, v in packing.flat(flax.serialization.to_state_dict(state)).items()
           if v is not flax.traverse_util.empty_node}
   on_device = [k for k, v in flat.items() if isinstance(v, jax.Array)]
   return {**flat, **dict(zip(on_device, _device_copy([flat[k] for k in on_device]),
                              strict=True))}
-
-
-def _to_host(arrays: dict) -> dict[str, np.ndarray]:
-  """Host copies of (replicated) arrays, fetched together."""
-  local = {k: v.addressable_data(0) if isinstance(v, jax.Array) and not v.is_fully_addressable
-           else v for k, v in arrays.items()}
-  return {k: np.asarray(v) for k, v in zip(local, jax.device_get(list(local.values())),
-                                           strict=True)}
-
-
-def _pack(leaves: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list]:
-  """``({dtype name: the raveled arrays of that dtype, concatenated}, manifest)``. A dtype
-  whose arrays are all empty is left out: orbax cannot save an array of size 0."""
-  manifest = [[k, v.dtype.name, list(v.shape)] for k, v in leaves.items()]
-  groups = collections.defaultdict(list)
-  for v in leaves.values():
-    if v.size:
-      groups[v.dtype.name].append(v.ravel())
-  return {k: np.concatenate(v) for k, v in groups.items()}, manifest
-
-
-def _sizes(manifest: list) -> dict[str, int]:
-  """The length of each packed array (dtypes of size 0 left out, as :func:`_pack` does)."""
-  sizes = collections.Counter()
-  for _, dtype, shape in manifest:
-    sizes[dtype] += math.prod(shape)
-  return {k: n for k, n in sizes.items() if n}
-
-
-def _unpack(packed: dict[str, np.ndarray], manifest: list) -> dict[str, np.ndarray]:
-  """``{path: array}`` from the packed host arrays (views)."""
-  offsets, out = collections.Counter(), {}
-  for path, dtype, shape in manifest:
-    n, start = math.prod(shape), offsets[dtype]
-    out[path] = (packed[dtype][start:start + n] if n else np.zeros(0, jnp.dtype(dtype))).reshape(
-        shape)
-    offsets[dtype] += n
-  return out
-
-
-def _differs(manifest: list, target: dict) -> str | None:
-  """The first difference between a packed checkpoint's arrays and the flat target's, or
-  None."""
-  want = {k: f"{jnp.dtype(v.dtype).name}{list(v.shape)}" for k, v in target.items()
-          if v is not flax.traverse_util.empty_node}
-  have = {path: f"{dtype}{list(shape)}" for path, dtype, shape in manifest}
-  for k in sorted(set(want) | set(have)):
-    if want.get(k) != have.get(k):
-      return (f"{k}: {have.get(k, 'absent')} in the checkpoint, {want.get(k, 'absent')} in the "
-              "model")
-  return None
-
-
-def _placed(host: np.ndarray, like) -> jax.Array:
-  """``host`` as a global array with ``like``'s sharding (every process holds all of it)."""
-  sharding = getattr(like, "sharding", None)
-  if sharding is None:
-    return jnp.asarray(host)
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _is_orbax_leftover(u) -> bool:
@@ -382,10 +292,10 @@ class Checkpoints:
   def _write(mngr: ocp.CheckpointManager, arrays: dict, step: int, meta: dict) -> None:
     """(On the saving thread.) Checksums, then orbax's save of ``arrays`` (a flat state dict)
     packed, at ``step``."""
-    leaves = _to_host(arrays)
-    packed, manifest = _pack(leaves)
-    meta = {"step": step, "layout": PACKED, "arrays": manifest, "checksums": checksums(leaves),
-            **meta}
+    leaves = packing.to_host(arrays)
+    packed, manifest = packing.pack(leaves)
+    meta = {"step": step, "layout": packing.LAYOUT, "arrays": manifest,
+            "checksums": packing.checksums(leaves), **meta}
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(packed),
                                             meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -438,7 +348,7 @@ class Checkpoints:
     self._settle()
     mngr = self.best if best else self.latest
     quiet_orbax_leftovers()  # A damaged checkpoint is one warning line, not 5,000.
-    target = _flat(flax.serialization.to_state_dict(abstract_state))
+    target = packing.flat(flax.serialization.to_state_dict(abstract_state))
     kind = "best" if best else "latest"
     damaged = []
     for step in sorted(mngr.all_steps(), reverse=True):
@@ -450,7 +360,7 @@ class Checkpoints:
         problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
       if problem is None:
         state_dict = flax.traverse_util.unflatten_dict(
-            {k: v if v is flax.traverse_util.empty_node else _placed(leaves[k], v)
+            {k: v if v is flax.traverse_util.empty_node else packing.placed(leaves[k], v)
              for k, v in target.items()}, sep="/")
         return flax.serialization.from_state_dict(abstract_state, state_dict), step
       damaged.append(f"step {step} ({problem})")
@@ -464,8 +374,8 @@ class Checkpoints:
     ``target``: the flat abstract state dict. Raises :class:`CheckpointError` if the
     checkpoint holds another model's arrays (not damage: nothing is moved)."""
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if meta.get("layout") == PACKED:
-      other = _differs(meta["arrays"], target)
+    if meta.get("layout") == packing.LAYOUT:
+      other = packing.first_difference(meta["arrays"], target)
       if other:
         raise CheckpointError(
             f"Checkpoint step {step} ({mngr.directory}/{step}) holds another model's state "
@@ -474,16 +384,16 @@ class Checkpoints:
       everywhere = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("all",)),
                                               jax.sharding.PartitionSpec())
       abstract = {k: jax.ShapeDtypeStruct((n,), jnp.dtype(k), sharding=everywhere)
-                  for k, n in _sizes(meta["arrays"]).items()}
+                  for k, n in packing.sizes(meta["arrays"]).items()}
       packed = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))["state"]
-      leaves = _unpack(_to_host(packed), meta["arrays"])
+      leaves = packing.unpack(packing.to_host(packed), meta["arrays"])
     else:  # One orbax array per leaf: written before the packed layout.
       state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
           flax.traverse_util.unflatten_dict(target, sep="/"))))["state"]
-      leaves = _to_host({k: v for k, v in _flat(state).items()
+      leaves = packing.to_host({k: v for k, v in packing.flat(state).items()
                          if v is not flax.traverse_util.empty_node})
-    return leaves, _verify(leaves, meta["checksums"])
+    return leaves, packing.verify(leaves, meta["checksums"])
 
   def _move_aside(self, mngr: ocp.CheckpointManager, step: int, kind: str, problem: str) -> None:
     src = epath.Path(mngr.directory) / str(step)
