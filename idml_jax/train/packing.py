@@ -55,8 +55,9 @@ def to_host(arrays: dict) -> dict[str, np.ndarray]:
 
 
 def pack(leaves: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list]:
-  """``({dtype name: the raveled arrays of that dtype, concatenated}, manifest)``. A dtype
-  whose arrays are all empty is left out: orbax cannot save an array of size 0."""
+  """``({dtype name: (n,) the raveled arrays of that dtype, concatenated}, manifest)``, in
+  the order of ``leaves``. A dtype whose arrays are all empty is left out: orbax cannot save
+  an array of size 0."""
   manifest = [[k, v.dtype.name, list(v.shape)] for k, v in leaves.items()]
   groups = collections.defaultdict(list)
   for v in leaves.values():
@@ -67,10 +68,10 @@ def pack(leaves: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list]:
 
 def sizes(manifest: list) -> dict[str, int]:
   """The length of each packed array (dtypes of size 0 left out, as :func:`pack` does)."""
-  sizes = collections.Counter()
+  total = collections.Counter()
   for _, dtype, shape in manifest:
-    sizes[dtype] += math.prod(shape)
-  return {k: n for k, n in sizes.items() if n}
+    total[dtype] += math.prod(shape)
+  return {k: n for k, n in total.items() if n}
 
 
 def unpack(packed: dict[str, np.ndarray], manifest: list) -> dict[str, np.ndarray]:
