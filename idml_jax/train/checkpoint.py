@@ -343,7 +343,8 @@ class Checkpoints:
     into the structure and shardings of ``abstract_state`` (``ShapeDtypeStruct`` leaves).
 
     A checkpoint that fails is moved to ``damaged/`` with one warning naming it, and the
-    next older one is tried. Raises :class:`CheckpointError` if none restores.
+    next older one is tried. Raises :class:`CheckpointError` if none restores, or at once
+    (moving nothing) if one holds another model's arrays.
     """
     self._settle()
     mngr = self.best if best else self.latest
