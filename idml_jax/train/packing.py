@@ -47,7 +47,12 @@ def verify(leaves: dict[str, np.ndarray], expected: dict[str, int]) -> str | Non
 
 
 def to_host(arrays: dict) -> dict[str, np.ndarray]:
-  """Host copies of (replicated) arrays, fetched together."""
+  """Host copies of replicated arrays, fetched together. A sharded array is refused: one
+  process's copy would hold only its shards."""
+  for k, v in arrays.items():
+    if isinstance(v, jax.Array) and not v.sharding.is_fully_replicated:
+      raise ValueError(f"{k} is sharded ({v.sharding}); checkpoints hold a replicated (data "
+                       "parallel) train state.")
   local = {k: v.addressable_data(0) if isinstance(v, jax.Array) and not v.is_fully_addressable
            else v for k, v in arrays.items()}
   return {k: np.asarray(v) for k, v in zip(local, jax.device_get(list(local.values())),
