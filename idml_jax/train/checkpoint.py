@@ -217,8 +217,7 @@ def _device_copy(arrays: list[jax.Array]) -> list[jax.Array]:
 def _snapshot(state) -> dict:
   """The flat state dict of ``state`` with its device arrays copied on the device
   (dispatched, not awaited): what a background save reads while the next steps run."""
-  flat = {k: v for k, v in packing.flat(flax.serialization.to_state_dict(state)).items()
-          if v is not flax.traverse_util.empty_node}
+  flat = packing.arrays(flax.serialization.to_state_dict(state))
   on_device = [k for k, v in flat.items() if isinstance(v, jax.Array)]
   return {**flat, **dict(zip(on_device, _device_copy([flat[k] for k in on_device]),
                              strict=True))}
@@ -392,8 +391,7 @@ class Checkpoints:
     else:  # One orbax array per leaf: written before the packed layout.
       state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
           flax.traverse_util.unflatten_dict(target, sep="/"))))["state"]
-      leaves = packing.to_host({k: v for k, v in packing.flat(state).items()
-                         if v is not flax.traverse_util.empty_node})
+      leaves = packing.to_host(packing.arrays(state))
     return leaves, packing.verify(leaves, meta["checksums"])
 
   def _move_aside(self, mngr: ocp.CheckpointManager, step: int, kind: str, problem: str) -> None:

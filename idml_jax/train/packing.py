@@ -30,15 +30,24 @@ def flat(state_dict) -> dict:
   return flax.traverse_util.flatten_dict(state_dict, sep="/", keep_empty_nodes=True)
 
 
+def arrays(state_dict) -> dict:
+  """``{"params/model/...": array}``: :func:`flat` without its empty nodes."""
+  return {k: v for k, v in flat(state_dict).items() if v is not flax.traverse_util.empty_node}
+
+
+def _crc(v: np.ndarray) -> int:
+  return zlib.crc32(np.ascontiguousarray(v).tobytes())
+
+
 def checksums(leaves: dict[str, np.ndarray]) -> dict[str, int]:
   """CRC-32 of every array's bytes, by path."""
-  return {k: zlib.crc32(np.ascontiguousarray(v).tobytes()) for k, v in leaves.items()}
+  return {k: _crc(v) for k, v in leaves.items()}
 
 
 def verify(leaves: dict[str, np.ndarray], expected: dict[str, int]) -> str | None:
   """None if the restored arrays match their checksums and are finite, else what is wrong."""
   for k, v in leaves.items():
-    if expected.get(k) != zlib.crc32(np.ascontiguousarray(v).tobytes()):
+    if expected.get(k) != _crc(v):
       return f"{k} does not match its checksum"
     if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
       return f"{k} holds NaN/inf"
@@ -94,7 +103,7 @@ def first_difference(manifest: list, target: dict) -> str | None:
   """The first difference between a packed checkpoint's arrays and the flat target's, or
   None."""
   want = {k: f"{jnp.dtype(v.dtype).name}{list(v.shape)}" for k, v in target.items()
-          if v is not flax.traverse_util.empty_node}
+          if v is not flax.traverse_util.empty_node}  # ``target`` keeps its empty nodes.
   have = {path: f"{dtype}{list(shape)}" for path, dtype, shape in manifest}
   for k in sorted(set(want) | set(have)):
     if want.get(k) != have.get(k):
