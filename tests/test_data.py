@@ -388,5 +388,5 @@ def test_glyph_demo_is_real_fonts_split_by_character():
     # matplotlib's LastResortHE draws one box for every Latin letter: a placeholder, left out.
     assert not any("LastResort" in n for n in split.names)
   last_resort = next(f for f in fonts if "LastResort" in f)
-  assert glyphs._draws_letters_alike(last_resort, glyphs.font_chars(last_resort), 32)
-  assert not glyphs._draws_letters_alike(dejavu, glyphs.font_chars(dejavu), 32)
+  assert glyphs.placeholder_font(last_resort, glyphs.font_chars(last_resort), 32)
+  assert not glyphs.placeholder_font(dejavu, glyphs.font_chars(dejavu), 32)

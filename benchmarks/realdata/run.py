@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from idml_jax import data  # noqa: E402
 from idml_jax.config_files import from_file  # noqa: E402
 from idml_jax.train import loop  # noqa: E402
 from idml_jax.train.checkpoint import Workdir  # noqa: E402
@@ -98,10 +99,22 @@ def error_structure(ev: dict) -> dict:
   return out
 
 
+def save_arrays(path: str, ev: dict, set_dir: str) -> None:
+  """The per-query figures of a run's final evaluation (``ev``: its ``evaluated``), with each
+  query's image (relative to ``set_dir``), for studies that need more than the row."""
+  paths = np.asarray(data.load_splits("image_folder", "folder", set_dir)["test"].paths)
+  keep = ("labels", "failed", "first_hit_rank", "nearest_score", "second_score",
+          "uncertainty_norm")
+  np.savez_compressed(path, **{k: np.asarray(ev[k]) for k in keep if k in ev},
+                      image=np.asarray([os.path.relpath(p, set_dir) for p in
+                                        paths[np.asarray(ev["index"])]]))
+
+
 def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: int,
-            overrides: dict | None = None) -> dict:
+            overrides: dict | None = None, network: str = "resnet",
+            arrays: str | None = None) -> dict:
   method, loss = row.split("-")
-  c = from_file(f"{CONFIG}:{method},{loss},resnet")  # The table's network; variants change it.
+  c = from_file(f"{CONFIG}:{method},{loss},{network}")  # Variants change it.
   c.data.data_dir = os.path.join(data, set_name)
   c.seed = seed
   epochs = max(1, steps // c.max_steps_per_epoch)
@@ -114,13 +127,17 @@ def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: 
   with tempfile.TemporaryDirectory() as workdir:
     t = time.perf_counter()
     results = loop.train_and_evaluate(c, workdir)
+    if arrays:
+      os.makedirs(arrays, exist_ok=True)
+      save_arrays(os.path.join(arrays, f"{set_name}-{row}-{seed}-{variant}-{network}.npz"),
+                  results["evaluated"], c.data.data_dir)
     logged = [r for r in read_metrics(Workdir(workdir)) if "train/ism_factor_mean" in r]
   last_epoch = logged[-max(1, c.max_steps_per_epoch // c.log_every_steps):]
   factor = {k: statistics.mean(r[f"train/ism_factor_{k}"] for r in last_epoch)
             for k in ("mean", "p10", "p90")} if last_epoch else {}
   final = results["final"]
   return {"set": set_name, "row": row, "seed": seed, "variant": variant, "steps": steps,
-          "platform": jax.devices()[0].platform,
+          "network": network, "platform": jax.devices()[0].platform,
           "untrained_recall@1": results["untrained"]["recall@1"],
           **{k: v for k, v in final.items() if isinstance(v, float | int)},
           **{f"factor_{k}": v for k, v in factor.items()},
@@ -132,8 +149,8 @@ def _done(path: str) -> dict[tuple, dict]:
   if not os.path.exists(path):
     return {}
   rows = [json.loads(line) for line in open(path) if line.strip()]
-  return {(r["set"], r["row"], r["seed"], r["variant"], r["steps"], r.get("repeat", 0)): r
-          for r in rows}
+  return {(r["set"], r["row"], r["seed"], r["variant"], r["steps"], r.get("repeat", 0),
+           r.get("network", "resnet")): r for r in rows}
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -183,6 +200,10 @@ def main():
   p.add_argument("--seeds", default="0,1,2,3,4")
   p.add_argument("--variants", default="default")
   p.add_argument("--steps", type=int, default=1200)
+  p.add_argument("--network", default="resnet", help="configs/small_images.py's network: cnn "
+                 "(the recipe's default) or resnet (the tables measured before it).")
+  p.add_argument("--arrays", default=None, help="Also save each row's per-query figures here "
+                 "(one .npz a row).")
   p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                  help="A config override for every row (e.g. data.num_threads=2); not recorded "
                       "in the row: use it for settings that do not change the figures.")
@@ -200,13 +221,14 @@ def main():
       for set_name in args.sets.split(","):
         for variant in args.variants.split(","):
           for row in args.rows.split(","):
-            if (set_name, row, seed, variant, args.steps, args.repeat) in done:
+            if (set_name, row, seed, variant, args.steps, args.repeat,
+                args.network) in done:
               continue
             if args.deadline and time.time() > args.deadline:
               print("deadline passed: stopping before", set_name, row, seed, variant)
               return
-            result = {**run_row(args.data, set_name, row, seed, variant, args.steps, overrides),
-                      "repeat": args.repeat}
+            result = {**run_row(args.data, set_name, row, seed, variant, args.steps, overrides,
+                                args.network, args.arrays), "repeat": args.repeat}
             with open(args.out, "a") as f:
               f.write(json.dumps(result) + "\n")
             print(json.dumps({k: result[k] for k in ("set", "row", "seed", "variant",

@@ -57,7 +57,7 @@ def render(path: str, char: str, size: int = 48, em: float = 0.7) -> np.ndarray:
   return np.repeat(np.asarray(img)[..., None], 3, axis=-1)
 
 
-def _draws_letters_alike(path: str, chars: set[str], size: int) -> bool:
+def placeholder_font(path: str, chars: set[str], size: int) -> bool:
   """The font draws two different letters it maps (of A, B, E, a, b, e) alike: the cosine of
   their ink exceeds ``PLACEHOLDER_COSINE``."""
   ink = [255.0 - render(path, c, size)[..., 0].astype(np.float64).ravel()
@@ -81,7 +81,7 @@ def render_glyphs(font_paths: Sequence[str], chars: str = CHARS, *, size: int = 
   maps = {p: font_chars(p) for p in font_paths}
   # A placeholder font (a "last resort" font draws one box per Unicode block) draws different
   # letters alike: its images would be near-copies under many classes. Left out.
-  font_paths = [p for p in font_paths if not _draws_letters_alike(p, maps[p], size)]
+  font_paths = [p for p in font_paths if not placeholder_font(p, maps[p], size)]
   if reference is not None and reference not in maps:
     maps[reference] = font_chars(reference)
   kept, looks = [], {}  # looks: font -> [images of the kept characters drawn in it]
