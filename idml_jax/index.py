@@ -39,6 +39,7 @@ import numpy as np
 
 from idml_jax import names as names_lib
 from idml_jax import platform, similarity
+from idml_jax.evaluation.confidence import ConfidenceModel
 from idml_jax.evaluation.inputs import check_finite
 from idml_jax.evaluation.knn import SEARCH_BACKENDS, drop_self, jax_search, scann_searcher
 from idml_jax.ops import l2_normalize_np
@@ -48,12 +49,21 @@ FORMAT = 1
 
 @dataclasses.dataclass
 class Thresholds:
-  """Calibrated decision thresholds and what they achieved on the held-out split."""
+  """Calibrated decision rules and what they achieved on the held-out split.
 
-  similarity: float
+  ``rule="similarity"``: match when the top-1 similarity >= ``similarity``, abstain when
+  ||u|| > ``uncertainty`` (None: never). ``rule="combined"``: match when the fitted
+  confidence (``confidence``, an :class:`evaluation.confidence.ConfidenceModel` as a dict)
+  gives the top-1 a probability of being right >= ``combined``, else abstain.
+  """
+
+  similarity: float | None = None
   uncertainty: float | None = None  # None: never abstain.
   target_precision: float | None = None  # None: maximal F1.
   heldout: dict = dataclasses.field(default_factory=dict)
+  rule: str = "similarity"
+  confidence: dict | None = None
+  combined: float | None = None
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -63,11 +73,49 @@ class Thresholds:
     return cls(**d)
 
 
-def decide(similarity: np.ndarray, uncertainty_norm: np.ndarray | None,
-           thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-  """Top-1 similarities [Q] (and uncertainties [Q]) -> decisions and reasons [Q] (str).
+class DecisionsOff(ValueError):
+  """The queries lack what the calibrated rule needs (the message says what and why)."""
 
-  With an uncertainty threshold, a query whose uncertainty is NaN or inf abstains."""
+
+def top1_scores(top1: np.ndarray, second: np.ndarray | None,
+                uncertainty_norm: np.ndarray | None) -> dict[str, np.ndarray]:
+  """The confidence scores a query has (``evaluation.confidence_scores``' names): ``nearest``
+  [Q], ``gap`` [Q] (with a second neighbor), ``uncertainty`` = -||u|| [Q] (with ||u||)."""
+  scores = {"nearest": np.asarray(top1, np.float64)}
+  if second is not None and np.all(np.isfinite(second)):
+    scores["gap"] = scores["nearest"] - np.asarray(second, np.float64)
+  if uncertainty_norm is not None:
+    scores["uncertainty"] = -np.asarray(uncertainty_norm, np.float64)
+  return scores
+
+
+def _decide_combined(scores: dict[str, np.ndarray],
+                     thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+  model = ConfidenceModel.from_dict(thresholds.confidence)
+  missing = [n for n in model.scores if n not in scores]
+  if missing:
+    need = {"uncertainty": "their uncertainty (embed them with an IDML model: idml_jax.embed "
+                           "stores it)", "gap": "a second neighbor (a gallery of two or more)"}
+    raise DecisionsOff(f"the index's combined confidence reads {', '.join(model.scores)}; "
+                       f"the queries lack {' and '.join(need[m] for m in missing)}")
+  p, t = model.probability(scores), thresholds.combined
+  inputs = ", ".join(model.scores)
+  decision = np.where(p >= t, "match", "abstain")
+  reason = np.array([f"confidence {v:.4f} {'>=' if v >= t else '<'} {t:.4f} (combined: {inputs})"
+                     for v in p])
+  return decision, reason
+
+
+def decide(similarity: np.ndarray, uncertainty_norm: np.ndarray | None,
+           thresholds: Thresholds, second: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """Top-1 similarities [Q] (the second neighbors' [Q], the uncertainties [Q]) -> decisions
+  and reasons [Q] (str), by the calibrated rule (:class:`Thresholds`).
+
+  Raises :class:`DecisionsOff` where the combined rule reads a score the queries lack. With an
+  uncertainty threshold, a query whose uncertainty is NaN or inf abstains."""
+  if thresholds.rule == "combined":
+    return _decide_combined(top1_scores(similarity, second, uncertainty_norm), thresholds)
   s = np.asarray(similarity, np.float64)
   t, t_u = thresholds.similarity, thresholds.uncertainty
   decision = np.where(s >= t, "match", "no_match").astype(object)
@@ -93,7 +141,8 @@ class Matches:
   """Per query [Q] (neighbors [Q, k], best first): gallery ``indices``, ``scores``
   (cosine, or the ISM after re-ranking), ``names``, ``labels`` (None without), the query's
   ``uncertainty`` (None without), ``decision`` and ``reason`` (empty strings before
-  calibration)."""
+  calibration, or when the queries lack what the calibrated rule reads); ``note``: why the
+  decisions, or the abstention, are off for these queries ("" when they are not)."""
 
   indices: np.ndarray
   scores: np.ndarray
@@ -102,6 +151,7 @@ class Matches:
   uncertainty: np.ndarray | None
   decision: np.ndarray
   reason: np.ndarray
+  note: str = ""
 
   def records(self, query_names=None) -> list[dict]:
     """One JSON-ready dict per query."""
@@ -293,23 +343,46 @@ class GalleryIndex:
     """Neighbors, scores, the queries' uncertainty and (calibrated) decisions.
 
     ``exclude_self``: the queries are the gallery itself, each one's own entry left out.
+    ``uncertainty_norm`` [Q] must be finite and >= 0 (a norm).
     """
-    scores, indices = self.search(queries, min(k + int(exclude_self), self.max_k))
+    if uncertainty_norm is not None:
+      uncertainty_norm = np.asarray(uncertainty_norm, np.float64)
+      if uncertainty_norm.shape != (len(queries),):
+        raise ValueError(f"The queries' uncertainty_norm has shape {uncertainty_norm.shape} for "
+                         f"{len(queries)} queries.")
+      check_finite(uncertainty_norm, "The queries' uncertainties")
+      if np.any(uncertainty_norm < 0):
+        bad = np.flatnonzero(uncertainty_norm < 0)
+        raise ValueError(f"The queries' uncertainties are norms (>= 0); {len(bad)} of "
+                         f"{len(uncertainty_norm)} are negative (row {bad[0]}: "
+                         f"{uncertainty_norm[bad[0]]}): were they written by idml_jax.embed?")
+    need = max(k, 2 if self.thresholds is not None else 1) + int(exclude_self)
+    scores, indices = self.search(queries, min(need, self.max_k))
     if exclude_self:
-      scores, indices = drop_self(scores, indices, k)
-    top1 = scores[:, 0].copy()  # Decisions use the cosine top-1, as calibrated.
+      scores, indices = drop_self(scores, indices, scores.shape[1] - 1)
+    top1 = scores[:, 0].copy()  # Decisions use the cosine neighbors, as calibrated.
+    second = scores[:, 1].copy() if scores.shape[1] > 1 else None
+    scores, indices = scores[:, :k], indices[:, :k]
     if rerank:
       if uncertainty_norm is None:
         raise ValueError("rerank=True needs the queries' uncertainty_norm.")
       scores, indices = self.rerank(queries, uncertainty_norm, indices)
     decision = np.full(len(scores), "", dtype=object)
     reason = np.full(len(scores), "", dtype=object)
+    note = ""
     if self.thresholds is not None:
-      decision, reason = decide(top1, uncertainty_norm, self.thresholds)
+      try:
+        decision, reason = decide(top1, uncertainty_norm, self.thresholds, second)
+      except DecisionsOff as e:
+        note = f"decisions are off: {e}"
+      if (self.thresholds.rule == "similarity" and self.thresholds.uncertainty is not None
+          and uncertainty_norm is None):
+        note = (f"abstention is off: the index abstains when ||u|| > "
+                f"{self.thresholds.uncertainty:.4f}, and these queries carry no uncertainty "
+                "(embed them with an IDML model: idml_jax.embed stores it)")
     return Matches(indices, scores, self.names[indices],
                    None if self.labels is None else self.labels[indices],
-                   None if uncertainty_norm is None else np.asarray(uncertainty_norm),
-                   np.asarray(decision, str), np.asarray(reason, str))
+                   uncertainty_norm, np.asarray(decision, str), np.asarray(reason, str), note)
 
   # ----------------------------------------------------------------------- persistence
   def save(self, directory: str) -> None:

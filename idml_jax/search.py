@@ -8,9 +8,10 @@
 
 Per query: its neighbors (names, labels, cosine similarities — the ISM's with
 ``--rerank``), its uncertainty and, once calibrated, a match / no_match / abstain decision
-with its reason (:mod:`idml_jax.calibrate`). Without ``--queries`` the gallery queries
-itself, each image's own entry left out. The index itself is :class:`idml_jax.index.
-GalleryIndex`.
+with its reason (:mod:`idml_jax.calibrate`); where the queries lack what the calibrated rule
+reads (an uncertainty), the decisions line says what is off and why. Without ``--queries``
+the gallery queries itself, each image's own entry left out. The index itself is
+:class:`idml_jax.index.GalleryIndex`.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def main(argv):
     print(f"... {len(results) - 20} more queries" + (f" in {_OUT.value}" if _OUT.value else ""))
   if index.thresholds is not None:
     counts = {d: int(np.sum(matches.decision == d)) for d in ("match", "no_match", "abstain")}
-    print("decisions: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print("decisions: " + (matches.note if matches.note.startswith("decisions are off") else
+                           ", ".join(f"{k} {v}" for k, v in counts.items())
+                           + (f" ({matches.note})" if matches.note else "")))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from idml_jax import calibrate
+from idml_jax.evaluation import confidence
 from idml_jax.evaluation.knn import jax_search
-from idml_jax.index import GalleryIndex, IndexFileError, Thresholds, decide
+from idml_jax.index import DecisionsOff, GalleryIndex, IndexFileError, Thresholds, decide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -230,7 +231,8 @@ def test_save_calibrate_and_search_commands_abstain_and_say_why(tmp_path):
   index = str(tmp_path / "index")
   out = _cli("idml_jax.search", f"--gallery={tmp_path / 'g.npz'}", f"--save_index={index}")
   assert out.returncode == 0 and "Saved an index of 150 items" in out.stdout, out.stderr
-  out = _cli("idml_jax.calibrate", f"--index={index}", "--target_precision=0.95")
+  out = _cli("idml_jax.calibrate", f"--index={index}", "--target_precision=0.95",
+             "--rule=similarity")
   assert out.returncode == 0, out.stderr
   assert "uncertainty threshold" in out.stdout and os.path.exists(f"{index}/calibration.png")
   meta = json.load(open(f"{index}/index.json"))
@@ -312,3 +314,93 @@ def test_an_interrupted_save_is_recovered_from_dir_old(tmp_path, caplog):
     loaded = GalleryIndex.load(str(tmp_path / "i"))
   assert len(loaded) == 80 and "restored the previous index from" in caplog.text
   assert (tmp_path / "i" / "index.json").exists() and not (tmp_path / "i.old").exists()
+
+
+def _hard_gallery(n=400, seed=6):
+  """Half of the errors come from noisy images with a high ||u||, half from images whose ||u||
+  says nothing: the similarity sees some of both, ||u|| only the first."""
+  emb, labels, _, names = _gallery(n, 16, seed=seed)
+  rng = np.random.default_rng(seed)
+  hard = rng.random(n) < 0.3
+  emb[hard] += 6 * rng.standard_normal((hard.sum(), 16)).astype(np.float32)
+  unc = np.where(hard, 0.5 + 0.5 * rng.random(n), 0.6 * rng.random(n))
+  return emb, labels, unc, names
+
+
+def test_combined_rule_reaches_the_target_on_cross_fitted_queries_and_answers_more():
+  emb, labels, unc, names = _hard_gallery()
+  m = GalleryIndex(emb, names, labels, unc, backend="jax").query(emb, 2, unc, exclude_self=True)
+  top1, second, correct = m.scores[:, 0], m.scores[:, 1], m.labels[:, 0] == labels
+  th, curves = calibrate.calibrate_combined(top1, correct, labels, second, unc,
+                                            target_precision=0.9)
+  model = confidence.ConfidenceModel.from_dict(th.confidence)
+  assert th.rule == "combined" and model.scores == ("nearest", "gap", "uncertainty")
+  assert model.weights[2] > 0  # A lower ||u||: more likely right.
+  # The stored held-out precision is that of the cross-fitted probabilities, recounted.
+  scores = {"nearest": top1, "gap": top1 - second, "uncertainty": -unc}
+  p = 1 / (1 + np.exp(-confidence.cross_fitted(scores, correct, labels)))
+  kept = p >= th.combined
+  assert th.heldout["combined_precision"] == pytest.approx(correct[kept].mean())
+  assert th.heldout["combined_coverage"] == pytest.approx(kept.mean())
+  assert correct[kept].mean() >= 0.9
+  # The similarity rule alone, at the same target, answers fewer queries.
+  sim, _ = calibrate.calibrate(top1, correct, target_precision=0.9)
+  assert th.heldout["combined_coverage"] > sim.heldout["similarity_coverage"]
+  # decide: the fitted model's probability against t_c, with the reason.
+  decision, reason = decide(top1, unc, th, second)
+  want = model.probability(scores) >= th.combined
+  np.testing.assert_array_equal(decision == "match", want)
+  assert set(decision) == {"match", "abstain"}
+  assert reason[0].endswith("(combined: nearest, gap, uncertainty)")
+  with pytest.raises(DecisionsOff, match="lack their uncertainty"):
+    decide(top1, None, th, second)
+
+
+def test_combined_rule_refuses_what_it_cannot_fit():
+  emb, labels, unc, names = _hard_gallery()
+  correct = np.random.default_rng(0).random(len(labels)) < 0.5
+  with pytest.raises(ValueError, match="cannot be fitted: .*1 class.*--rule=similarity"):
+    calibrate.calibrate_combined(np.random.default_rng(1).random(len(labels)), correct,
+                                 np.zeros(len(labels)))
+
+
+def test_combined_calibrate_then_search_from_a_saved_index(tmp_path):
+  emb, labels, unc, names = _hard_gallery(300, seed=7)
+  np.savez(tmp_path / "g.npz", semantic=emb[:200], names=names[:200], labels=labels[:200],
+           uncertainty_norm=unc[:200])
+  np.savez(tmp_path / "q.npz", semantic=emb[200:], names=names[200:], labels=labels[200:],
+           uncertainty_norm=unc[200:])
+  np.savez(tmp_path / "q_no_u.npz", semantic=emb[200:], names=names[200:])
+  np.savez(tmp_path / "one_class.npz", semantic=emb[200:210], names=names[200:210],
+           labels=np.full(10, labels[200]))
+  index = str(tmp_path / "index")
+  assert _cli("idml_jax.search", f"--gallery={tmp_path / 'g.npz'}",
+              f"--save_index={index}").returncode == 0
+  out = _cli("idml_jax.calibrate", f"--index={index}", f"--queries={tmp_path / 'q.npz'}",
+             "--target_precision=0.9")
+  assert out.returncode == 0 and out.stdout.startswith("combined confidence threshold"), \
+      out.stderr
+  th = GalleryIndex.load(index).thresholds
+  assert th.rule == "combined" and th.heldout["combined_precision"] >= 0.9
+  out = _cli("idml_jax.search", f"--index={index}", f"--queries={tmp_path / 'q.npz'}", "--k=3",
+             f"--out={tmp_path / 'r.json'}")
+  assert out.returncode == 0, out.stderr
+  records = json.load(open(tmp_path / "r.json"))
+  loaded = GalleryIndex.load(index)
+  m = loaded.query(emb[200:], 3, unc[200:])
+  assert [r["decision"] for r in records] == m.decision.tolist()
+  assert {r["decision"] for r in records} == {"match", "abstain"}
+  assert all("(combined: nearest, gap, uncertainty)" in r["reason"] for r in records)
+  # Queries without an uncertainty: the neighbors, and the decisions line says why not.
+  out = _cli("idml_jax.search", f"--index={index}", f"--queries={tmp_path / 'q_no_u.npz'}",
+             "--k=3")
+  assert out.returncode == 0 and "decisions: decisions are off: the index's combined " \
+      "confidence reads nearest, gap, uncertainty; the queries lack their uncertainty" in \
+      out.stdout, out.stdout
+  # A held-out set of one class cannot fit the model: refused in one line, nothing stored.
+  before = open(f"{index}/index.json").read()
+  out = _cli("idml_jax.calibrate", f"--index={index}",
+             f"--queries={tmp_path / 'one_class.npz'}")
+  assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert out.stderr.startswith("calibrate: ")
+  assert open(f"{index}/index.json").read() == before

@@ -29,6 +29,30 @@ def test_report_puts_each_run_beside_the_paper(runs, capsys):
   summary = report.summarize(str(runs / "idml_cub"))
   best_r1 = next(b for k, b, _, _ in summary["rows"] if k == "recall@1")
   assert f"{100 * (best_r1 - 0.707):+.1f}" in out and summary["seconds_per_epoch"] > 0
+  confidence = [r for r in rows if r.count("|") == 6 and "| combined |" in r]
+  assert len(confidence) == 2  # One per run: the fitted confidence beside the others.
+  final = report.json.loads((runs / "demo" / "results.json").read_text())["final"]
+  assert any(f"| uncertainty | {final['aurc_uncertainty']:.3f} |" in r and
+             (f"| {final['rauroc_uncertainty']:.3f} |" in r) for r in rows)
+
+
+def test_report_names_an_undefined_rauroc_and_refuses_a_run_without_final_metrics(
+    runs, tmp_path, capsys):
+  import json
+  import shutil
+  run = tmp_path / "perfect"
+  shutil.copytree(runs / "demo", run)
+  results = json.loads((run / "results.json").read_text())
+  results["final"] = {k: v for k, v in results["final"].items() if not k.startswith("rauroc")}
+  results["undefined"] = {"rauroc": "no query's top-1 is wrong"}
+  (run / "results.json").write_text(json.dumps(results))
+  assert report.main([str(run)]) == 0
+  assert "| undefined (no query's top-1 is wrong) |" in capsys.readouterr().out
+  results["final"] = None
+  (run / "results.json").write_text(json.dumps(results))
+  assert report.main([str(run)]) == 1
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and "holds no final metrics" in err
 
 
 def test_report_refuses_a_workdir_without_results(tmp_path, capsys):

@@ -126,9 +126,13 @@ def test_report_names_every_score_and_the_oracle_is_perfect():
   scores = selective.confidence_scores(uncertainty_norm=rng.uniform(size=50),
                                        nearest_score=rng.uniform(size=50),
                                        second_score=rng.uniform(size=50) - 1)
-  scalars, curves = selective.selective_report(scores, correct, {"recall@1": correct})
-  assert set(scalars) == {f"{m}_{s}" for m in ("aurc", "eaurc")
+  scalars, curves, undefined = selective.selective_report(scores, correct, {"recall@1": correct})
+  assert set(scalars) == {f"{m}_{s}" for m in ("aurc", "eaurc", "rauroc")
                           for s in ("uncertainty", "nearest", "gap")}
+  assert undefined == {}
+  groups = np.arange(50) % 7
+  scalars, curves, _ = selective.selective_report(scores, correct, {"recall@1": correct}, groups)
+  assert {"aurc_combined", "eaurc_combined", "rauroc_combined"} <= set(scalars)
   assert curves["oracle"]["eaurc"] == pytest.approx(0)
   assert len(curves["nearest"]["risk"]) == 100 and curves["nearest"]["risk"][-1] == \
       pytest.approx(1 - correct.mean())
@@ -158,3 +162,55 @@ def test_uncertainty_report_counts_dead_and_saturated_heads():
   assert got["uncertainty_mean"] == pytest.approx(u.mean())
   x, y = u - u.mean(), failed - failed.mean()
   assert got["uncertainty_failure_corr"] == pytest.approx((x @ y) / np.sqrt((x @ x) * (y @ y)))
+
+
+def naive_rauroc(conf, correct):
+  """Every (success, failure) pair: 1 if the success is more confident, 1/2 if tied."""
+  ok = [c for c, y in zip(conf, correct, strict=True) if y]
+  bad = [c for c, y in zip(conf, correct, strict=True) if not y]
+  wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in ok for b in bad)
+  return wins / (len(ok) * len(bad))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rauroc_equals_the_pairwise_count_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  n = 40
+  conf = rng.integers(0, 5, n).astype(float) if seed % 2 else rng.normal(size=n)  # Ties or not.
+  correct = rng.integers(0, 2, n).astype(bool)
+  assert selective.rauroc(conf, correct) == pytest.approx(naive_rauroc(conf, correct), abs=1e-12)
+
+
+def test_rauroc_of_constant_perfect_and_inverted_scores():
+  correct = np.array([1, 0, 1, 1, 0], bool)
+  assert selective.rauroc(np.full(5, 0.3), correct) == 0.5
+  assert selective.rauroc(correct.astype(float), correct) == 1.0
+  assert selective.rauroc(-correct.astype(float), correct) == 0.0
+
+
+def test_rauroc_is_undefined_without_failures_or_successes():
+  assert selective.rauroc(np.arange(4.0), np.ones(4, bool)) is None
+  assert selective.rauroc(np.arange(4.0), np.zeros(4, bool)) is None
+  scores = {"nearest": np.arange(4.0), "gap": np.ones(4)}
+  scalars, curves, undefined = selective.selective_report(scores, np.ones(4, bool),
+                                                          {"recall@1": np.ones(4)}, np.arange(4))
+  assert "rauroc_nearest" not in scalars and curves["nearest"]["rauroc"] is None
+  assert "no query's top-1 is wrong" in undefined["rauroc"]
+  assert "Every top-1 is right" in undefined["combined"]
+
+
+def test_rauroc_and_aurc_order_two_scores_alike_when_one_dominates():
+  """A score that ranks every failure below every success (AUROC 1, the oracle's AURC) beats
+  one that swaps a pair, on both figures; and a score that is a monotone transform of another
+  has the same R-AUROC and AURC."""
+  rng = np.random.default_rng(0)
+  correct = rng.integers(0, 2, 60).astype(bool)
+  perfect = correct + rng.uniform(0, 0.5, 60)
+  swapped = perfect.copy()
+  i, j = np.flatnonzero(correct)[0], np.flatnonzero(~correct)[0]
+  swapped[i], swapped[j] = perfect[j], perfect[i]
+  for better, worse in ((perfect, swapped), (swapped, rng.normal(size=60))):
+    assert selective.rauroc(better, correct) > selective.rauroc(worse, correct)
+    assert (selective.risk_coverage(better, correct)["aurc"]
+            < selective.risk_coverage(worse, correct)["aurc"])
+  assert selective.rauroc(np.exp(3 * swapped), correct) == selective.rauroc(swapped, correct)

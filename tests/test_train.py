@@ -16,6 +16,7 @@ from conftest import load_config, tiny
 from idml_jax import config as config_lib
 from idml_jax import config_files, data, iaa
 from idml_jax.data.transforms import normalize
+from idml_jax.evaluation import selective
 from idml_jax.models import convert
 from idml_jax.tasks.retrieval import RetrievalTask
 from idml_jax.train import loop
@@ -43,11 +44,16 @@ def test_demo_config_end_to_end_learns(tmp_path):
   assert os.listdir(tmp_path / "tensorboard")
   on_disk = json.load(open(tmp_path / "results.json"))
   curves = on_disk["risk_coverage"]  # ||u|| and the trivial confidences, side by side.
-  assert {"uncertainty", "nearest", "gap", "oracle"} <= set(curves)
-  for score in ("uncertainty", "nearest", "gap"):
+  assert {"uncertainty", "nearest", "gap", "combined", "oracle"} <= set(curves)
+  assert on_disk["undefined"] == {}
+  for score in ("uncertainty", "nearest", "gap", "combined"):
     assert len(curves[score]["recall@1"]) == 10 and curves[score]["recall@1"][-1] == (
         pytest.approx(final["recall@1"]))  # Coverage 1 is the whole test split.
     assert final[f"eaurc_{score}"] >= -1e-9 and 0 <= final[f"aurc_{score}"] <= 1
+    assert final[f"rauroc_{score}"] == curves[score]["rauroc"]
+  for score, conf in (("uncertainty", -ev["uncertainty_norm"]), ("nearest", ev["nearest_score"]),
+                      ("gap", ev["nearest_score"] - ev["second_score"])):
+    assert final[f"rauroc_{score}"] == pytest.approx(selective.rauroc(conf, ~ev["failed"]))
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert all(0 < r["train/ism_factor_mean"] < 1 for r in rows if "train/ism_factor_mean" in r)
 

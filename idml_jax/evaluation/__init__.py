@@ -1,5 +1,6 @@
 """Evaluation (docs/algorithms.md §3): retrieval, clustering, classification, uncertainty
-(selective prediction: risk–coverage, AURC, calibration).
+(selective prediction: risk–coverage, AURC, R-AUROC, the fitted ``combined`` confidence,
+calibration).
 
 The one public place for metrics; every function takes NumPy arrays and returns a dict of
 floats (``query_ranks`` returns the per-query outcome they are computed from).
@@ -19,6 +20,7 @@ from idml_jax.evaluation.retrieval import (
 from idml_jax.evaluation.selective import (
     confidence_scores,
     expected_calibration_error,
+    rauroc,
     risk_coverage,
     selective_report,
     softmax_confidence,
@@ -40,6 +42,7 @@ __all__ = [
     "pairwise_f1",
     "query_gallery_metrics",
     "query_ranks",
+    "rauroc",
     "retrieval_metrics",
     "risk_coverage",
     "selective_report",

@@ -18,6 +18,17 @@ values sum to S, the first j taken contribute j·S/g. A constant score (all quer
 therefore gives risk(i) = the overall risk for every i, AURC = that risk: no information,
 never a lucky or unlucky ordering.
 
+**R-AUROC** (Kirchhof et al., "URL: A Representation Learning Benchmark for Transferable
+Uncertainty Estimates", NeurIPS 2023 Datasets & Benchmarks) = the AUROC of a confidence for
+telling the queries whose top-1 is right from those whose top-1 is wrong: the probability that
+a random success is more confident than a random failure, a tie counting one half (so a
+constant score gives 0.5). It is undefined where every query succeeds or every one fails,
+and reported so, never as a number.
+
+With ``groups`` (the queries' classes), :func:`selective_report` adds ``combined``: the
+logistic confidence of the other scores, cross-fitted by class
+(:mod:`idml_jax.evaluation.confidence`).
+
 Also the **expected calibration error** of a classifier's top-1 probability (15 equal-width
 bins, Guo et al., ICML 2017) and its per-bin reliability.
 """
@@ -27,7 +38,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.stats
 
+from idml_jax.evaluation import confidence as confidence_lib
 from idml_jax.evaluation.inputs import check_finite
 
 COVERAGES = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -91,6 +104,22 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray,
   return out
 
 
+def rauroc(confidence: np.ndarray, correct: np.ndarray) -> float | None:
+  """R-AUROC (module doc) of ``confidence`` [N] (higher = more confident) for ``correct`` [N]
+  (bool); None (undefined) when ``correct`` has no False or no True. The Mann–Whitney U
+  statistic over the successes' average ranks (ties share their rank: one half each)."""
+  conf = np.asarray(confidence, np.float64)
+  ok = np.asarray(correct, bool)
+  if conf.shape != ok.shape or conf.ndim != 1:
+    raise ValueError(f"confidence and correct must be [N] alike; got {conf.shape}, {ok.shape}.")
+  check_finite(conf, "The confidence scores")
+  n_ok, n_bad = int(ok.sum()), int((~ok).sum())
+  if not n_ok or not n_bad:
+    return None
+  ranks = scipy.stats.rankdata(conf)  # Ties: the average of their ranks.
+  return float((ranks[ok].sum() - n_ok * (n_ok + 1) / 2) / (n_ok * n_bad))
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
                                bins: int = ECE_BINS) -> dict:
   """ECE of top-1 probabilities [N] in [0, 1] against correctness [N].
@@ -146,20 +175,46 @@ def confidence_scores(*, uncertainty_norm=None, logits=None, nearest_score=None,
 
 
 def selective_report(scores: dict[str, np.ndarray], correct: np.ndarray,
-                     per_query: dict[str, np.ndarray]) -> tuple[dict[str, float], dict]:
-  """``aurc_<score>`` / ``eaurc_<score>`` scalars, and per score (plus ``oracle``: the
-  ordering by correctness itself) its curves: ``coverage`` and each ``per_query`` metric at
-  ``COVERAGES``, ``risk`` at coverages 0.01 .. 1.00 (``fine_coverage``), for results.json
-  and the figure."""
+                     per_query: dict[str, np.ndarray], groups: np.ndarray | None = None
+                     ) -> tuple[dict[str, float], dict, dict[str, str]]:
+  """Each score's AURC, E-AURC and R-AUROC, and its curves.
+
+  Args:
+    scores: ``{name: [N]}`` confidence scores (:func:`confidence_scores`).
+    correct: [N] bool, the query's top-1 is right.
+    per_query: ``{metric: [N]}`` to report at each coverage (e.g. ``recall@1``, ``map@r``).
+    groups: [N] the queries' classes: with two scores or more, ``combined`` (the module doc)
+      joins them.
+  Returns:
+    ``(scalars, curves, undefined)``: ``aurc_<score>``, ``eaurc_<score>``, ``rauroc_<score>``
+    (left out where undefined); per score (plus ``oracle``: the ordering by correctness
+    itself) ``aurc``, ``eaurc``, ``rauroc`` (None where undefined), ``coverage`` and each
+    ``per_query`` metric at ``COVERAGES``, ``risk`` at coverages 0.01 .. 1.00
+    (``fine_coverage``), for results.json and the figure; and ``{"rauroc" | "combined": why it
+    is undefined}``.
+  """
+  correct = np.asarray(correct, bool)
+  scores, undefined = dict(scores), {}
+  if groups is not None and len(scores) >= 2:
+    try:
+      scores["combined"] = confidence_lib.cross_fitted(scores, correct, groups)
+    except confidence_lib.ConfidenceError as e:
+      undefined["combined"] = str(e)
+  if correct.all() or not correct.any():
+    undefined["rauroc"] = (f"{'no' if correct.all() else 'every'} query's top-1 is wrong: "
+                           "there are no failures and successes to tell apart")
   scalars, curves = {}, {}
   fine = tuple(round(0.01 * i, 2) for i in range(1, 101))
-  for name, conf in {**scores, "oracle": np.asarray(correct, np.float64)}.items():
+  for name, conf in {**scores, "oracle": correct.astype(np.float64)}.items():
     rc = risk_coverage(conf, correct, per_query)
+    auroc = rauroc(conf, correct)
     if name != "oracle":
       scalars[f"aurc_{name}"], scalars[f"eaurc_{name}"] = rc["aurc"], rc["eaurc"]
+      if auroc is not None:
+        scalars[f"rauroc_{name}"] = auroc
     n = len(rc["curve"])
-    curves[name] = {"aurc": rc["aurc"], "eaurc": rc["eaurc"], "coverage": rc["coverage"],
-                    **{k: rc[k] for k in per_query},
+    curves[name] = {"aurc": rc["aurc"], "eaurc": rc["eaurc"], "rauroc": auroc,
+                    "coverage": rc["coverage"], **{k: rc[k] for k in per_query},
                     "fine_coverage": list(fine),
                     "risk": [float(rc["curve"][_coverage_count(c, n) - 1]) for c in fine]}
-  return scalars, curves
+  return scalars, curves, undefined

@@ -51,7 +51,8 @@ def evaluate(steps: Steps, state, splits: dict,
   ``failed`` [Q] (a miss at Recall@1, a top-1 error), ``first_hit_rank`` and what the task
   adds (retrieval: ``nearest_score`` / ``second_score``; classification: ``calibration``,
   the reliability bins); and ``selective``: the risk–coverage curves of each confidence
-  score. ``metrics`` has their AURC / E-AURC.
+  score (with ``combined``, cross-fitted by class); ``undefined``: the figures that cannot be
+  computed on these queries, with the reason. ``metrics`` has their AURC / E-AURC / R-AUROC.
   """
   cfg, task = steps.config, steps.task
   skipped = skipped or {}
@@ -63,9 +64,12 @@ def evaluate(steps: Steps, state, splits: dict,
                        "warnings above name them): fix or remove them.")
   result = task.evaluate(cfg, embedded)
   metrics, emb = result.metrics, result.emb
-  scalars, emb["selective"] = evaluation.selective_report(result.scores, ~emb["failed"],
-                                                          result.per_query)
+  scalars, emb["selective"], emb["undefined"] = evaluation.selective_report(
+      result.scores, ~emb["failed"], result.per_query, groups=emb["labels"])
   metrics.update(scalars)
+  for what, why in emb["undefined"].items():
+    logging.warning("%s is undefined: %s.", {"rauroc": "R-AUROC", "combined":
+                                             "The combined confidence"}[what], why)
   if uses_idml(cfg.method):
     metrics.update(evaluation.uncertainty_report(emb["uncertainty_norm"], emb["failed"]))
   for name, e in embedded.items():

@@ -110,7 +110,8 @@ def uncertainty_vs_error(workdir: Workdir, emb: dict, bins: int = 5) -> str | No
 
 
 _LABELS = {"uncertainty": "-||u|| (IDML)", "nearest": "nearest similarity",
-           "gap": "top-1 - top-2 gap", "msp": "max softmax prob.", "oracle": "oracle"}
+           "gap": "top-1 - top-2 gap", "msp": "max softmax prob.",
+           "combined": "combined (fitted)", "oracle": "oracle"}
 
 
 def risk_coverage_figure(selective: dict) -> Figure:
@@ -120,8 +121,10 @@ def risk_coverage_figure(selective: dict) -> Figure:
   axes = fig.subplots(1, 2)
   for name, c in selective.items():
     style = dict(color="black", linestyle="--") if name == "oracle" else {}
+    auroc = "" if name == "oracle" else ", R-AUROC " + (
+        "undefined" if c.get("rauroc") is None else f"{c['rauroc']:.3f}")
     axes[0].plot(c["fine_coverage"], c["risk"], label=f"{_LABELS.get(name, name)} "
-                 f"(AURC {c['aurc']:.3f})", **style)
+                 f"(AURC {c['aurc']:.3f}{auroc})", **style)
     metric = "recall@1" if "recall@1" in c else "top1"
     axes[1].plot(c["coverage"], c[metric], marker="o", label=_LABELS.get(name, name), **style)
   axes[0].set(title="risk-coverage (lower is better)", xlabel="coverage", ylabel="risk")

@@ -329,7 +329,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
   results = {"final": final, "best": best, "untrained": untrained, "steps": total,
              "train_seconds_this_run": time.perf_counter() - t_start,
              "steps_this_run": total - start, "skipped_images": _skipped(run),
-             "risk_coverage": emb["selective"], "calibration": emb.get("calibration"),
+             "risk_coverage": emb["selective"], "undefined": emb["undefined"],
+             "calibration": emb.get("calibration"),
              "config": cfg.to_dict()}
   if is_main_process():
     write_json(wd.results_file, results)
