@@ -1,6 +1,6 @@
 """The papers in miniature: the official recipes, scaled down, over a backbone pretrained here.
 
-    python benchmarks/miniature/pretrain.py --data ~/realdata --out weights/icons.pth
+    python benchmarks/studies/miniature/pretrain.py --data ~/realdata --out weights/icons.pth
     python -m idml_jax.models.convert weights/icons.pth weights/icons --backbone resnet_tiny_cifar
     python -m idml_jax.main --config=configs/miniature.py:idml_pa --workdir=runs/mini \\
         --config.data.data_dir=~/realdata/glyphs --config.model.pretrained=weights/icons
@@ -13,9 +13,9 @@ Argument (comma-separated): a recipe ``pa`` (Proxy-Anchor, the IDML paper's base
 
 The recipes are ``idml_pa.build("cub", ...)`` and ``iaa.build("cub", "ms", "resnet50", ...)``
 — the papers' CUB settings — with one scaling applied alike to every recipe and to the
-PyTorch official loops it is compared with (``benchmarks/miniature/run.py``): the tiny
+PyTorch official loops it is compared with (``benchmarks/studies/miniature/run.py``): the tiny
 torchvision-layout ResNet (``resnet_tiny_cifar``, width 8, 64 features) pretrained on the
-``icons`` set (``benchmarks/miniature/pretrain.py``) in place of ImageNet weights, 64-d
+``icons`` set (``benchmarks/studies/miniature/pretrain.py``) in place of ImageNet weights, 64-d
 embeddings, 32 px crops of 36 px images, and a tenth of the epochs with every epoch-counted
 setting scaled with them (IDML-PA: 6 epochs, 1 warm-up epoch, the rate halved every epoch;
 IAA: 10 epochs, estimates from epoch 3 every epoch, decays at 4 and 6 — official 4, 6, 8),
@@ -34,8 +34,8 @@ from idml_jax.config_files import load_module, parse_arg, runlocal
 RECIPES = ("pa", "idml_pa", "ms", "iaa_ms", "idml_iaa_ms")
 SCALE = 10  # Epochs and every epoch-counted setting divided by this.
 STEPS_PER_EPOCH = 15  # An epoch of ~1,800 images: glyphs' train split.
-# (recipe, official) -> five-seed means of ours on glyphs (benchmarks/miniature/run.py,
-# benchmarks/miniature/results.jsonl): what idml_jax.report prints as the reference.
+# (recipe, official) -> five-seed means of ours on glyphs (benchmarks/studies/miniature/run.py,
+# benchmarks/studies/miniature/results.jsonl): what idml_jax.report prints as the reference.
 REFERENCE = {
     ("pa", False): {"recall@1": 0.573, "map@r": 0.160},
     ("idml_pa", False): {"recall@1": 0.538, "map@r": 0.145},

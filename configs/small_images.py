@@ -15,12 +15,12 @@ torchvision's initialisation (3×3 stem, no max-pool: at 32 px the ImageNet stem
 map); average pooling, pad-4 random crops and flips, Adam at 1e-3 without weight decay or
 clipping, heads at the backbone's rate, proxies at 10×, no warm-up, BatchNorm trained,
 P × K = 10 × 4 batches, 1,200 steps; IDML with its Mixup, IAA from step 400.
-``benchmarks/realdata/run.py`` measures it on two real sets, five seeds: the CNN reaches
+``benchmarks/studies/realdata/run.py`` measures it on two real sets, five seeds: the CNN reaches
 Recall@1 0.949 ± 0.007 on glyphs and 0.372 ± 0.014 on icons (Multi-Similarity baseline; the
 ResNet 0.916 and 0.294), IDML-PA 0.939 and 0.348 (the ResNet 0.895 and 0.301). With
 ``resnet``, every method and loss is measured (glyphs 0.58 untrained → 0.88–0.92, icons
 0.25 → 0.29–0.31). The same network in PyTorch, fed the same batches, learns the same
-(``benchmarks/learning_curves.py``). Not tuned beyond these two choices.
+(``benchmarks/studies/learning_curves.py``). Not tuned beyond these two choices.
 """
 
 from idml_jax.config import default_config

@@ -4,9 +4,10 @@ Configs (``configs/*.py``) start from :func:`default_config` and override values
 config-file helpers are in :mod:`idml_jax.config_files`). :func:`validate` runs before any
 work: an unknown key, a bad value or an inconsistent combination fails with the valid
 choices listed — taken from the tables that own them (``names.lookup``); a key of an older
-schema is refused with the name that replaced it (``RENAMED``). The policies (which method
-uses the ISM, IAA, the neighbor correction; BatchNorm's mode) are decided here, next to
-the schema. The model's defaults are the model classes' own (one source).
+schema is refused with the name that replaced it (``RENAMED``). The method policies are the
+methods' own (:mod:`idml_jax.methods`), which tasks train which the tasks' own
+(:func:`task_methods`); BatchNorm's mode is decided here, next to the schema. The model's
+defaults are the model classes' own (one source).
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ import difflib
 
 import ml_collections
 
-from idml_jax import data, evaluation, iaa, losses, mixing, models, names, optim
+from idml_jax import data, evaluation, iaa, losses, methods, mixing, models, names, optim, tasks
 
-METHODS = ("baseline", "idml", "iaa", "idml+iaa")
-# task -> the methods it trains. Classification: plain logits | ISM logits (IDML §1.4).
-TASK_METHODS = {"retrieval": METHODS, "classification": ("baseline", "idml")}
 BATCH_NORM_MODES = ("auto", "frozen", "frozen_stats", "train")
-# Both papers apply the neighbor correction to datasets with more classes than this
-# (SOP, In-Shop); the official code switches on the same count.
-LARGE_DATASET_CLASSES = 1000
 # Keys of earlier schemas -> what replaced them (refused, never aliased).
 RENAMED = {
     "idml.a": "ism.a", "idml.b": "ism.b", "idml.semantic_distance": "ism.semantic_distance",
@@ -34,20 +29,10 @@ RENAMED = {
 }
 
 
-def uses_idml(method: str) -> bool:
-  """The method has an uncertainty head and compares with the ISM."""
-  return method in ("idml", "idml+iaa")
-
-
-def uses_iaa(method: str) -> bool:
-  """The method carries IAA class statistics and synthesises samples."""
-  return method in ("iaa", "idml+iaa")
-
-
-def neighbor_correction_on(config: ml_collections.ConfigDict, num_classes: int) -> bool:
-  """``iaa.correction``: ``on``, ``off``, or ``auto`` (on above ``LARGE_DATASET_CLASSES``)."""
-  mode = config.iaa.correction
-  return mode == "on" or (mode == "auto" and num_classes > LARGE_DATASET_CLASSES)
+def task_methods(task: str) -> tuple[str, ...]:
+  """The methods ``task`` trains (each of ``methods.METHODS`` its ``Task.trains`` accepts)."""
+  return tuple(name for name, method in methods.METHODS.items()
+               if tasks.TASKS[task].trains(method))
 
 
 def batch_norm_mode(config: ml_collections.ConfigDict) -> str:
@@ -66,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = "retrieval"  # retrieval (the papers' DML) | classification (IDML §1.4)
-  c.method = "idml"  # One of TASK_METHODS[task].
+  c.method = "idml"  # One of task_methods(task) (idml_jax.methods).
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "proxy_anchor"
   c.loss.kwargs = ml_collections.ConfigDict()  # e.g. margin, alpha for proxy_anchor.
@@ -137,7 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.ism.b = 5.0
   c.ism.semantic_distance = "normalized"  # dmu from mu-hat (as the official code) | raw mu
   # Pair losses' du_ij: sum = ||u_i||² + ||u_j||² (§1.3) | anchor = ||u_i||² (each row sees
-  # the others as it sees proxies; benchmarks/realdata measures both).
+  # the others as it sees proxies; benchmarks/studies/realdata measures both).
   c.ism.pair_uncertainty = "sum"
 
   # Image mixing inside the step, both tasks: none | mixup | cutmix, lam ~ Beta(alpha, alpha).
@@ -187,8 +172,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 # key -> the table (or tuple) its value must come from.
 _CHOICES = {
-    "task": TASK_METHODS,
-    "method": METHODS,
+    "task": tasks.TASKS,
+    "method": methods.METHODS,
     "loss.name": losses.ALL_LOSSES,
     "model.backbone": models.BACKBONES,
     "model.dtype": ("float32", "bfloat16"),
@@ -268,12 +253,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if ks is not None and not (len(ks) and all(isinstance(k, int) and k > 0 for k in ks)):
     errors.append(f"eval.ks must be positive integers, e.g. (1, 2, 4, 8); got {ks!r}")
   task, method = got.get("task"), got.get("method", "")
-  if task in TASK_METHODS and method not in TASK_METHODS[task]:
-    errors.append(f"task={task!r} trains method {' or '.join(TASK_METHODS[task])}; got "
+  if task in tasks.TASKS and method in methods.METHODS and method not in task_methods(task):
+    errors.append(f"task={task!r} trains method {' or '.join(task_methods(task))}; got "
                   f"method={method!r}")
   if task == "classification" and got.get("data.sampler") == "balanced":
     errors.append("task='classification' samples uniformly: set data.sampler='random'")
-  if uses_iaa(method) and got.get("loss.name") in losses.PROXY_LOSSES:
+  if (method in methods.METHODS and methods.METHODS[method].synthesizes
+      and got.get("loss.name") in losses.PROXY_LOSSES):
     errors.append(f"method {method!r} synthesises samples for pair losses; loss.name "
                   f"must be one of {sorted(losses.PAIR_LOSSES)}")
   if not 0 < got.get("mixing.alpha", 1.0):

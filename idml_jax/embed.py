@@ -13,7 +13,6 @@ image's top-level sub-folder, when the images are in class sub-folders: what
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -33,10 +32,10 @@ def main(argv):
     sys.exit(f"embed: --out={_OUT.value}: the folder {out_dir} does not exist; create it first.")
   if not os.path.isdir(_IMAGES.value):
     sys.exit(f"embed: --images={_IMAGES.value} is not a folder.")
-  from idml_jax import inference
+  from idml_jax import cli, inference
   from idml_jax.evaluation.inputs import check_finite
 
-  logging.getLogger().setLevel(logging.INFO)
+  cli.install()
   try:
     trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
     emb = inference.embed_folder(trained, _IMAGES.value)

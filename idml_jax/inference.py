@@ -2,37 +2,41 @@
 the notebook).
 
 Training records ``run.json`` (the config and the number of training classes) in its
-workdir (:class:`idml_jax.train.checkpoint.Workdir`); :func:`load` rebuilds the model
-from it and restores the best (or latest) checkpoint, verified.
+workdir (:class:`idml_jax.train.workdir.Workdir`); :func:`load` rebuilds the model from it
+and restores the parameters of the best (or latest) checkpoint, verified (no optimiser is
+built and no optimiser state read).
 """
 
 from __future__ import annotations
 
 import os
 
-import ml_collections
 import numpy as np
 
+from idml_jax import tasks
 from idml_jax.data.folders import IMAGE_EXTENSIONS
 from idml_jax.data.sources import FileSource
-from idml_jax.train.checkpoint import Checkpoints, Workdir, read_json
+from idml_jax.train.checkpoint import Checkpoints
 from idml_jax.train.evaluate import embed_split
-from idml_jax.train.steps import Steps, make_mesh
+from idml_jax.train.run_record import read_config
+from idml_jax.train.state import abstract_variables, make_model
+from idml_jax.train.steps import Embedder, make_mesh, replicated
+from idml_jax.train.workdir import Workdir, read_json
 
 
 class Trained:
   """A restored model: ``embed(source)`` -> semantic embeddings (classifiers: logits) and
   uncertainty norms."""
 
-  def __init__(self, config, steps: Steps, state, step: int, checkpoint: str):
-    self.config, self.steps, self.state, self.step = config, steps, state, step
+  def __init__(self, config, embedder: Embedder, variables: dict, step: int, checkpoint: str):
+    self.config, self.embedder, self.variables, self.step = config, embedder, variables, step
     self.checkpoint = checkpoint  # "best" | "latest"
 
   def embed(self, source) -> dict[str, np.ndarray]:
     """``semantic`` [N, D] (classifiers: ``logits`` [N, C]), ``uncertainty_norm`` [N],
     ``labels`` [N], ``index`` [N] (batches of ``config.eval.batch_size``, the training run's
     eval transform)."""
-    return embed_split(self.steps, self.state, source)
+    return embed_split(self.embedder, self.variables, source)
 
 
 def load(workdir: str, best: bool = True) -> Trained:
@@ -42,15 +46,18 @@ def load(workdir: str, best: bool = True) -> Trained:
   if run is None:
     raise FileNotFoundError(f"{wd.run_file} not found: {workdir!r} is not a training workdir "
                             "(train with `python -m idml_jax.main --workdir=...` first).")
-  config = ml_collections.ConfigDict(run["config"])
+  config = read_config(run["config"], wd.run_file)
   ckpts = Checkpoints(wd)
   use_best = best and ckpts.best.latest_step() is not None
   if ckpts.latest_step() is None and not use_best:
     raise FileNotFoundError(f"No checkpoint in {workdir}; training has not saved one yet.")
-  steps = Steps.build(config, run["num_classes"], 1, make_mesh())
-  state, step = ckpts.restore(steps.abstract, best=use_best)
+  task, mesh = tasks.get_task(config), make_mesh()
+  model = make_model(task, run["num_classes"])
+  abstract = abstract_variables(task, model, run["num_classes"], replicated(mesh))
+  restored, step = ckpts.restore(abstract, best=use_best, subset=True)
   ckpts.close()
-  return Trained(config, steps, state, step, "best" if use_best else "latest")
+  return Trained(config, Embedder(task, model, mesh), restored, step,
+                 "best" if use_best else "latest")
 
 
 def image_files(folder: str) -> list[str]:

@@ -38,8 +38,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this proces
 def _user_error(e: BaseException) -> str | None:
   """The one-line message of a failure the user can act on, or None for a bug."""
   from idml_jax.evaluation import NonFiniteEmbeddingsError
-  from idml_jax.train.checkpoint import CheckpointError, WorkdirBusyError
+  from idml_jax.train.checkpoint import CheckpointError
   from idml_jax.train.loop import NonFiniteLossError
+  from idml_jax.train.workdir import WorkdirBusyError
 
   if isinstance(e, OSError) and e.errno == errno.ENOSPC:
     return (f"No space left on device ({e.filename or e}). Completed checkpoints are intact: "
@@ -53,16 +54,6 @@ def _user_error(e: BaseException) -> str | None:
   return None
 
 
-def _quiet_orbax(record: logging.LogRecord) -> bool:
-  """Orbax logs every save at INFO, and a failed background save as errors with tracebacks;
-  that failure is raised again when the save is awaited, and reported then in one line. So
-  orbax's warnings are kept, its errors only at debug verbosity."""
-  if "orbax" not in record.pathname:
-    return True
-  return record.levelno == logging.WARNING or (record.levelno > logging.WARNING and
-                                               absl_logging.level_debug())
-
-
 def main(argv):
   del argv
   import jax
@@ -71,10 +62,10 @@ def main(argv):
     # CPU hosts (and the 2-process test) need gloo collectives; accelerators ignore it.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_quiet_orbax)
+  from idml_jax import cli
   from idml_jax.train.loop import evaluate_only, train_and_evaluate
+
+  cli.install()
 
   config = _CONFIG.value
   try:

@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 
-from idml_jax.train.checkpoint import Workdir
+from idml_jax.train.workdir import Workdir
 
 _SCORES = ("uncertainty", "nearest", "gap", "msp", "combined")
 _DEFAULT_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@100",

@@ -17,7 +17,7 @@ import jax  # noqa: E402, F401  (initialised with the settings above)
 import ml_collections  # noqa: E402
 
 from idml_jax import config as config_lib  # noqa: E402
-from idml_jax import config_files  # noqa: E402
+from idml_jax import config_files, methods  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -44,7 +44,7 @@ def tiny(method="idml+iaa", loss="multi_similarity", **kw) -> ml_collections.Con
   methods with their Mixup."""
   c = config_files.runlocal(config_lib.default_config())
   c.method, c.loss.name = method, loss
-  c.mixing.kind = "mixup" if config_lib.uses_idml(method) else "none"  # IDML's Mixup.
+  c.mixing.kind = "mixup" if methods.METHODS[method].introspective else "none"  # IDML's Mixup.
   c.data.source, c.data.name = "demo", "digits"
   c.data.image_size = c.data.resize_size = 16
   c.data.num_threads = 2

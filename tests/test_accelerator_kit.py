@@ -1,4 +1,4 @@
-"""The accelerator kit (benchmarks/accelerator.py) stays runnable between GPU runs."""
+"""The accelerator kit (benchmarks/accelerator/accelerator.py) stays runnable between GPU runs."""
 
 import json
 import os
@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_smoke_run_measures_every_figure_and_writes_its_reports(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  out = subprocess.run([sys.executable, "benchmarks/accelerator.py", "--smoke",
+  out = subprocess.run([sys.executable, "benchmarks/accelerator/accelerator.py", "--smoke",
                         f"--out={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

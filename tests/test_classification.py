@@ -165,7 +165,7 @@ def _steps(c, devices, n=3):
   for local in data.train_batches(src, sampler, image_size=32, seed=0, start_step=0, num_steps=n,
                                   num_threads=2, transform=transforms.pad_crop_flip):
     batch = to_global(steps.mesh, {"image": local["image"], "label": local["label"]})
-    state, m = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+    state, m = steps.train_step(state, batch, steps.method.plan(0), train_backbone=True)
     out.append({k: float(v) for k, v in m.items()})
   return out, jax.device_get(state)
 

@@ -28,13 +28,10 @@ from conftest import ROOT, tiny
 from idml_jax import data
 from idml_jax.data.sources import ArraySource
 from idml_jax.train import loop, packing
-from idml_jax.train.checkpoint import (
-    CheckpointError,
-    Checkpoints,
-    ConfigMismatchError,
-    Workdir,
-)
+from idml_jax.train.checkpoint import CheckpointError, Checkpoints
+from idml_jax.train.run_record import ConfigMismatchError
 from idml_jax.train.steps import Steps, make_mesh, to_global
+from idml_jax.train.workdir import Workdir
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 
@@ -372,7 +369,7 @@ def test_a_save_returns_before_its_checksums_and_keeps_the_state_the_next_step_d
   state = steps.fresh_state()
   batch = to_global(steps.mesh, {"image": np.zeros((16, 16, 16, 3), np.uint8),
                                  "label": np.repeat(np.arange(4, dtype=np.int32), 4)})
-  state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+  state, _ = steps.train_step(state, batch, steps.method.plan(0), train_backbone=True)
   saved = jax.device_get(flax.serialization.to_state_dict(state))
   stepped, threads = threading.Event(), []
   real = packing.checksums
@@ -385,7 +382,7 @@ def test_a_save_returns_before_its_checksums_and_keeps_the_state_the_next_step_d
   monkeypatch.setattr(packing, "checksums", blocked_checksums)
   ckpts = Checkpoints(Workdir(tmp_path))
   ckpts.save(state, 1)  # Returns with the checksums still blocked.
-  state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+  state, _ = steps.train_step(state, batch, steps.method.plan(0), train_backbone=True)
   jax.block_until_ready(state)
   stepped.set()
   ckpts.wait()
@@ -544,7 +541,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(t
                                                                                caplog):
   import socket
 
-  from idml_jax.train.checkpoint import WorkdirBusyError, workdir_lock
+  from idml_jax.train.workdir import WorkdirBusyError, workdir_lock
   lock = tmp_path / "lock.json"
   sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
   try:  # A live run on this host holds the workdir.
@@ -570,7 +567,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(t
 TB_FULL_DISK = textwrap.dedent("""
     import errno, sys
     from tensorboardX import record_writer
-    from idml_jax.train.checkpoint import Workdir
+    from idml_jax.train.workdir import Workdir
     from idml_jax.train.reporting import MetricWriter
     writer = MetricWriter(Workdir(sys.argv[1]))
     writer.write(0, {"loss": 1.0})

@@ -15,8 +15,9 @@ import numpy as np
 
 from idml_jax import config as config_lib
 from idml_jax import config_files
-from idml_jax.train.checkpoint import Checkpoints, Workdir
+from idml_jax.train.checkpoint import Checkpoints
 from idml_jax.train.steps import Steps, make_mesh
+from idml_jax.train.workdir import Workdir
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 CONFIG = os.path.join(ROOT, "configs", "demo.py") + ":runlocal,digits"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from idml_jax import tasks
+from idml_jax import methods, tasks
 from idml_jax.tasks import retrieval
 
 B, D, M, C = 8, 5, 2, 4
@@ -140,10 +140,11 @@ def test_total_loss_matches_a_naive_loop(method, loss, synthesize):
 
   @jax.jit
   def total(params, images, labels, draws):
+    step = methods.MethodStep({"class_stats": stats}, {"synthesize": synthesize},
+                              {"strength": jnp.float32(0.72)})
     return tasks.get_task(config).loss(
-        config, _model(method in ("idml", "idml+iaa")), params, images, labels,
-        {**draws, "perm": draws["perm"].astype(jnp.int32)}, stats, jnp.float32(0.72),
-        synthesize)[0]
+        _model(method in ("idml", "idml+iaa")), params, images, labels,
+        {**draws, "perm": draws["perm"].astype(jnp.int32)}, step)[0]
 
   got = float(total(as32(params), jnp.float32(images), jnp.asarray(labels), as32(draws)))
   want = _naive_objective(config, images, labels, params, cov, draws, 0.72, synthesize)
@@ -153,15 +154,16 @@ def test_total_loss_matches_a_naive_loop(method, loss, synthesize):
 
 def test_step_draws_are_keyed_and_shaped():
   config = tiny(method="idml+iaa")
-  draws = tasks.step_draws(config, jax.random.PRNGKey(3), 16)
+  draws = tasks.step_draws(tasks.get_task(config), jax.random.PRNGKey(3), 16)
   assert set(draws) == {"lam", "perm", "noise"}
   assert draws["noise"].shape == (config.iaa.num_synthetic, 16, config.model.embedding_dim)
   assert sorted(np.asarray(draws["perm"]).tolist()) == list(range(16))
-  again = tasks.step_draws(config, jax.random.PRNGKey(3), 16)
+  again = tasks.step_draws(tasks.get_task(config), jax.random.PRNGKey(3), 16)
   jax.tree.map(np.testing.assert_array_equal, draws, again)
-  assert set(tasks.step_draws(tiny(method="baseline"), jax.random.PRNGKey(3), 16)) == set()
+  baseline = tasks.get_task(tiny(method="baseline"))
+  assert set(tasks.step_draws(baseline, jax.random.PRNGKey(3), 16)) == set()
   # Mixing is the config's, whatever the method: a baseline with Mixup draws it too.
-  assert set(tasks.step_draws(tiny(method="baseline", mixing__kind="mixup"),
+  assert set(tasks.step_draws(tasks.get_task(tiny(method="baseline", mixing__kind="mixup")),
                               jax.random.PRNGKey(3), 16)) == {"lam", "perm"}
 
 
@@ -174,7 +176,7 @@ def test_the_ism_gets_what_the_difference_table_says(variant):
 
   from idml_jax.train.state import make_model
   c = load_config("idml_pa.py", "cub,runlocal" + (",official" if variant == "official" else ""))
-  model = make_model(c)
+  model = make_model(tasks.get_task(c))
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3)) * 255
   variables = model.init(jax.random.PRNGKey(1), x)
   out = model.apply(variables, x)
@@ -188,7 +190,7 @@ def test_the_ism_gets_what_the_difference_table_says(variant):
     assert np.all(out["uncertainty"] >= 0) and np.all(norms < 1) and np.ptp(norms) > 0
   # The real model on pooled features h and 7h (an identity backbone, the trained heads): the
   # default head reads h-hat, so u is the same; the official one reads h, so it is not.
-  heads = tasks.get_task(c).make_model(c, _Identity(), 0)
+  heads = tasks.get_task(c).make_model(_Identity(), 0)
   h = np.random.default_rng(0).standard_normal((2, out["features"].shape[-1])).astype(np.float32)
   head_vars = heads.init(jax.random.PRNGKey(1), h)
   u_h, u_7h = (np.asarray(heads.apply(head_vars, x)["uncertainty"]) for x in (h, 7 * h))

@@ -140,7 +140,8 @@ def test_batch_norm_scale_and_shift_follow_the_resolved_mode(backbone, setting, 
   c.model.pretrained = pretrained
   if backbone.startswith("vit"):
     c.model.pooling = "token"
-  params = jax.eval_shape(lambda: make_model(c).init(
+  from idml_jax.tasks import get_task
+  params = jax.eval_shape(lambda: make_model(get_task(c)).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))["params"]
   labels = param_labels({"model": params, "proxies": jnp.zeros((5, 16))}, c,
                         batch_norm_mode(c))

@@ -146,7 +146,7 @@ def test_idml_pa_official_steps_equal_the_official_code():
                         float(draws["lam"]), torch.tensor(np.asarray(draws["perm"])))
     clipped += int(sum((p.grad.abs() >= CLIP).sum() for p in criterion.parameters()))
     batch = to_global(steps.mesh, {"image": images, "label": labels})
-    state, metrics = steps.train_step(state, batch, 0.0, synthesize=False,
+    state, metrics = steps.train_step(state, batch, steps.method.plan(step // steps_per_epoch),
                                       train_backbone=step >= steps_per_epoch)
     assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5), f"loss, step {step}"
     p = jax.device_get(state.params)
@@ -219,28 +219,29 @@ def test_iaa_official_steps_and_estimates_equal_the_official_code(loss):
   estimates = 0
   for step in range(steps_per_epoch * epochs):
     epoch = step // steps_per_epoch
-    ours_due = step % steps_per_epoch == 0 and epoch >= start and (epoch - start) % every == 0
+    ours_due = step % steps_per_epoch == 0 and steps.method.pass_due(epoch)
     assert ours_due == trainer.estimate_due()
     if ours_due:  # The estimate from a pass over the (here: a fixed) training set.
       with torch.no_grad():
         estimator.global_update(model(_to_torch(pool_images)), torch.tensor(pool_labels).long())
       emb = steps.embed(state, pool_images)["semantic"]
-      state = state.replace(class_stats=steps.update_class_stats(state.class_stats, emb,
-                                                                 pool_labels))
-      for ours, theirs in ((state.class_stats.mean, estimator.mean),
-                           (state.class_stats.covariance, estimator.covariance),
-                           (state.class_stats.count, estimator.amount)):
+      state = state.replace(carry=steps.method.update(state.carry, emb, pool_labels))
+      stats = state.carry["class_stats"]
+      for ours, theirs in ((stats.mean, estimator.mean), (stats.covariance, estimator.covariance),
+                           (stats.count, estimator.amount)):
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=2e-5, atol=1e-6)
       estimates += 1
-    synthesize = epoch >= start
-    strength = float(iaa.strength_schedule(c.iaa.strength, epoch, epochs)) if synthesize else 0.0
+    plan = steps.method.plan(epoch)  # The official schedule of synthesis and strength:
+    assert dict(plan.static)["synthesize"] == (epoch >= start)
+    assert plan.scalars["strength"] == (float(iaa.strength_schedule(c.iaa.strength, epoch, epochs))
+                                        if epoch >= start else 0.0)
     draws = jax.device_get(steps.draws(step, B))
     images = _images(step)
     want = trainer.step(_to_torch(images), torch.tensor(labels).long(),
                         torch.tensor(np.asarray(draws["noise"])))
     state, metrics = steps.train_step(state, to_global(steps.mesh, {"image": images,
                                                                      "label": labels}),
-                                      strength, synthesize=synthesize, train_backbone=True)
+                                      plan, train_backbone=True)
     assert float(metrics["loss"]) == pytest.approx(want, rel=2e-5, abs=1e-6), f"step {step}"
     p = jax.device_get(state.params)
     # The pair losses leave some weights a gradient at rounding level, which Adam's
@@ -336,7 +337,7 @@ def test_classification_official_steps_equal_the_official_code():
                         bool(d["apply"]))
     state, metrics = steps.train_step(state, to_global(steps.mesh, {"image": images,
                                                                      "label": labels}),
-                                      0.0, synthesize=False, train_backbone=True)
+                                      steps.method.plan(0), train_backbone=True)
     assert float(metrics["loss"]) == pytest.approx(want, rel=2e-5), f"step {step}"
     p = jax.device_get(state.params)["model"]
     _compare_backbone(p["backbone"], net, f"step {step}", atol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from idml_jax import data, evaluation, iaa, platform
+from idml_jax import data, evaluation, iaa, methods, platform
 from idml_jax.index import GalleryIndex
 from idml_jax.ops import top_k
 from idml_jax.train.steps import Steps, make_mesh, to_global
@@ -75,15 +75,15 @@ def test_bfloat16_backbone_keeps_float32_embeddings_losses_and_parameters():
   state = steps.fresh_state()
   src = data.load_splits(c.data.name, "demo")["train"]
   z = np.random.default_rng(0).standard_normal((len(src), c.model.embedding_dim))
-  state = state.replace(class_stats=steps.update_class_stats(
-      state.class_stats, z.astype(np.float32), src.labels))
+  state = state.replace(carry=steps.method.update(state.carry, z.astype(np.float32), src.labels))
   sampler = data.ClassBalancedSampler(src.labels, c.batch_size, c.data.images_per_class, seed=0)
   local = next(iter(data.train_batches(src, sampler, image_size=16, seed=0, start_step=0,
                                        num_steps=1, num_threads=2)))
   batch = to_global(steps.mesh, {"image": local["image"], "label": local["label"]})
   out = jax.eval_shape(steps.embed, state, batch["image"])  # Traced, not compiled.
   assert out["semantic"].dtype == jnp.float32 and out["uncertainty_norm"].dtype == jnp.float32
-  step = lambda s, b: steps.train_step(s, b, 0.8, synthesize=True, train_backbone=True)
+  plan = methods.StepPlan((("synthesize", True),), {"strength": 0.8})
+  step = lambda s, b: steps.train_step(s, b, plan, train_backbone=True)
   program = str(jax.make_jaxpr(step)(state, batch))
   assert "conv_general_dilated" in program and "bf16[" in program  # The backbone runs in bf16.
   before = jax.device_get(state.params)  # The step donates the state.

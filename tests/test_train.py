@@ -14,15 +14,16 @@ import pytest
 from conftest import load_config, tiny
 
 from idml_jax import config as config_lib
-from idml_jax import config_files, data, iaa
+from idml_jax import config_files, data, iaa, methods, tasks
 from idml_jax.data.transforms import normalize
 from idml_jax.evaluation import selective
 from idml_jax.models import convert
 from idml_jax.tasks.retrieval import RetrievalTask
 from idml_jax.train import loop
-from idml_jax.train.checkpoint import Checkpoints, Workdir
+from idml_jax.train.checkpoint import Checkpoints
 from idml_jax.train.state import make_model
 from idml_jax.train.steps import Steps, make_mesh, to_global
+from idml_jax.train.workdir import Workdir
 
 
 def test_demo_config_end_to_end_learns(tmp_path):
@@ -58,6 +59,10 @@ def test_demo_config_end_to_end_learns(tmp_path):
   assert all(0 < r["train/ism_factor_mean"] < 1 for r in rows if "train/ism_factor_mean" in r)
 
 
+# IAA's synthesis on, at strength 0.8 (what the step is handed after iaa.start_epoch).
+SYNTHESIZE = methods.StepPlan((("synthesize", True),), {"strength": 0.8})
+
+
 def _state_and_steps(config, devices, num_classes=5, steps_per_epoch=10):
   steps = Steps.build(config, num_classes, steps_per_epoch, make_mesh(devices))
   return steps.fresh_state(), steps
@@ -68,15 +73,14 @@ def _run_steps(config, devices, num_steps=3):
   src = data.load_splits(config.data.name, "demo")["train"]
   state, steps = _state_and_steps(config, devices)
   z = np.random.default_rng(0).standard_normal((len(src), config.model.embedding_dim))
-  state = state.replace(class_stats=steps.update_class_stats(
-      state.class_stats, z.astype(np.float32), src.labels))
+  state = state.replace(carry=steps.method.update(state.carry, z.astype(np.float32), src.labels))
   sampler = data.ClassBalancedSampler(src.labels, config.batch_size,
                                       config.data.images_per_class, seed=0)
   losses = []
   for local in data.train_batches(src, sampler, image_size=16, seed=0, start_step=0,
                                   num_steps=num_steps, num_threads=2):
     batch = to_global(steps.mesh, {"image": local["image"], "label": local["label"]})
-    state, m = steps.train_step(state, batch, 0.8, synthesize=True, train_backbone=True)
+    state, m = steps.train_step(state, batch, SYNTHESIZE, train_backbone=True)
     losses.append(float(m["loss"]))
   return losses, jax.device_get(state.params)
 
@@ -110,8 +114,8 @@ def test_uncertainty_head_learns_in_idml_mode():
   def loss_of(kernel):
     params = {**state.params, "model": {**model, "uncertainty": {**model["uncertainty"],
                                                                  "kernel": kernel}}}
-    return steps.task.loss(c, apply_fn, params, images, batch["label"], draws,
-                           state.class_stats, 0.0, False)[0]
+    return steps.task.loss(apply_fn, params, images, batch["label"], draws,
+                           methods.MethodStep(state.carry, {}, {}))[0]
 
   before = model["uncertainty"]["kernel"]
   g = np.asarray(jax.grad(loss_of)(before))
@@ -121,7 +125,7 @@ def test_uncertainty_head_learns_in_idml_mode():
   assert np.linalg.norm(g) > 1e-4
   assert finite_difference == pytest.approx(np.linalg.norm(g), rel=0.05)
   before = np.asarray(before)
-  state, m = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+  state, m = steps.train_step(state, batch, steps.method.plan(0), train_backbone=True)
   moved = np.asarray(jax.device_get(state.params["model"]["uncertainty"]["kernel"])) - before
   big = np.abs(g) > 1e-3 * np.abs(g).max()
   np.testing.assert_array_equal(np.sign(moved[big]), -np.sign(g[big]))
@@ -133,7 +137,7 @@ def test_trained_batch_norm_updates_statistics_and_eval_uses_running_ones():
   state, steps = _state_and_steps(c, jax.devices()[:1])
   images, batch = _batch(steps.mesh)
   before = jax.device_get(state.batch_stats)
-  state, _ = steps.train_step(state, batch, 0.0, synthesize=False, train_backbone=True)
+  state, _ = steps.train_step(state, batch, steps.method.plan(0), train_backbone=True)
   after = jax.device_get(state.batch_stats)
   assert np.abs(after["backbone"]["bn1"]["mean"] - before["backbone"]["bn1"]["mean"]).max() > 0
   # Evaluation: running statistics, so an image's embedding ignores the rest of its batch.
@@ -185,7 +189,7 @@ def _latest_params(c, workdir):
 
 def test_resume_and_eval_need_no_pretrained_file(tmp_path):
   c = tiny(method="idml", loss="proxy_anchor", num_epochs=1)
-  model = make_model(c, 5)
+  model = make_model(tasks.get_task(c), 5)
   backbone = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
   weights = tmp_path / "weights"
   convert.save({k: backbone[k]["backbone"] for k in ("params", "batch_stats")}, str(weights))
@@ -207,10 +211,9 @@ def test_iaa_synthesis_only_from_start_epoch(tmp_path, monkeypatch):
   calls = []
   real_step = Steps.train_step
 
-  def record(self, state, batch, strength, *, synthesize, train_backbone):
-    calls.append((int(state.step), synthesize, strength))
-    return real_step(self, state, batch, strength, synthesize=synthesize,
-                     train_backbone=train_backbone)
+  def record(self, state, batch, plan, *, train_backbone):
+    calls.append((int(state.step), dict(plan.static)["synthesize"], plan.scalars["strength"]))
+    return real_step(self, state, batch, plan, train_backbone=train_backbone)
 
   monkeypatch.setattr(Steps, "train_step", record)
   loop.train_and_evaluate(tiny(method="iaa", iaa__start_epoch=1), str(tmp_path))
@@ -303,11 +306,12 @@ def test_parse_arg_groups_flags_and_explicit_values():
                            "official": False}
 
 
-def test_class_stats_only_for_iaa():
-  c = tiny(method="idml", loss="proxy_anchor")
-  state, _ = _state_and_steps(c, jax.devices()[:1])
-  assert state.class_stats.mean.shape == (1, 16)
-  assert isinstance(state.class_stats, iaa.ClassStats)
+def test_only_iaa_carries_class_statistics():
+  state, _ = _state_and_steps(tiny(method="idml", loss="proxy_anchor"), jax.devices()[:1])
+  assert state.carry == {}
+  state, _ = _state_and_steps(tiny(method="iaa"), jax.devices()[:1])
+  assert isinstance(state.carry["class_stats"], iaa.ClassStats)
+  assert state.carry["class_stats"].mean.shape == (5, 16) and int(state.carry["epoch"]) == -1
 
 
 @pytest.mark.parametrize("arg", ["", "digits", "runlocal", "digits,runlocal"])
@@ -336,11 +340,10 @@ def test_warmup_freezes_and_stops_gradients_on_one_clock_across_a_resume(tmp_pat
   calls = []
   real_step = Steps.train_step
 
-  def record(self, state, batch, strength, *, synthesize, train_backbone):
+  def record(self, state, batch, plan, *, train_backbone):
     before = jax.device_get(state.params["model"]["backbone"])
     step = int(state.step)
-    state, metrics = real_step(self, state, batch, strength, synthesize=synthesize,
-                               train_backbone=train_backbone)
+    state, metrics = real_step(self, state, batch, plan, train_backbone=train_backbone)
     after = jax.device_get(state.params["model"]["backbone"])
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
         jax.tree.leaves(after), jax.tree.leaves(before), strict=True))
@@ -387,7 +390,8 @@ def test_conv_init_torch_draws_each_convolution_as_pytorch_does():
   import torch
 
   from idml_jax.train.state import _variables, make_model
-  flat = lambda c: flax.traverse_util.flatten_dict(_variables(c, make_model(c, 5))["params"])
+  flat = lambda c: flax.traverse_util.flatten_dict(
+      _variables(c, make_model(tasks.get_task(c), 5))["params"])
   default = flat(tiny(method="idml", loss="proxy_anchor"))
   drawn = flat(tiny(method="idml", loss="proxy_anchor", model__conv_init="torch"))
   convs = [p for p, v in drawn.items() if p[-1] == "kernel" and v.ndim == 4]
@@ -484,11 +488,11 @@ def test_the_eta_leaves_out_compilation_and_adds_the_passes_to_come(monkeypatch,
   assert progress(20, {})["steps_per_sec"] == pytest.approx(2.5)
   with progress.excluded("eval"):
     clock[0] += 8.0
-  with progress.excluded("estimate"):
+  with progress.excluded("method"):
     clock[0] += 3.0
   clock[0] += 4.0
   with caplog.at_level("INFO"):
-    assert progress(30, {}, {"eval": 2, "estimate": 5})["steps_per_sec"] == pytest.approx(2.5)
+    assert progress(30, {}, {"eval": 2, "method": 5})["steps_per_sec"] == pytest.approx(2.5)
   assert "ETA 0m59s" in caplog.text  # 70 steps at 2.5 steps/s, 2 evaluations of 8 s, 5 × 3 s.
 
 
@@ -496,13 +500,14 @@ def test_the_eta_leaves_out_compilation_and_adds_the_passes_to_come(monkeypatch,
 def test_the_passes_left_count_each_evaluation_and_estimate_still_to_run(every, start, epochs):
   c = tiny(method="iaa", num_epochs=epochs, eval__every_epochs=2, iaa__update_every=every,
            iaa__start_epoch=start)
-  run = types.SimpleNamespace(config=c, steps_per_epoch=3)
+  run = types.SimpleNamespace(config=c, steps_per_epoch=3,
+                              steps=types.SimpleNamespace(method=methods.get_method(c)))
   for done in range(epochs * 3 + 1):
     evals = [e for e in range(1, epochs + 1) if e % 2 == 0 or e == epochs]
     estimates = [e for e in range(start, epochs) if (e - start) % every == 0]
     # An evaluation ends epoch e (after step 3e); an estimate starts it (before step 3e).
     assert loop._passes_left(run, done) == {"eval": sum(3 * e >= done for e in evals),
-                                            "estimate": sum(3 * e >= done for e in estimates)}
+                                            "method": sum(3 * e >= done for e in estimates)}
 
 
 @pytest.mark.parametrize("recipe", ["pa", "idml_pa", "ms", "iaa_ms", "idml_iaa_ms"])

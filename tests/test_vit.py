@@ -3,7 +3,7 @@ PyTorch ViT with timm's names (tests/torch_vit.py), and the position embedding i
 as timm does.
 
 Each family runs at its real patch size and 224 px with a toy width and depth (the real
-sizes are in benchmarks/parity.py); the DINOv2 weights carry a 37 × 37 grid (518 px), so
+sizes are in benchmarks/studies/parity.py); the DINOv2 weights carry a 37 × 37 grid (518 px), so
 their test also goes through the resampling to 16 × 16.
 """
 
@@ -235,9 +235,11 @@ def test_vit_recipe_trains_and_evaluates_on_a_converted_timm_checkpoint(tmp_path
   c.data.data_dir = write_cub(tmp_path / "data")
   c.model.pretrained = str(tmp_path / "vit_tiny")
   assert (c.model.backbone, c.model.pooling, c.model.head_bias) == ("vit_tiny", "token", False)
-  flax_model = state.make_model(c)
+  from idml_jax import tasks
+  task = tasks.get_task(c)
+  flax_model = state.make_model(task)
   import optax
-  init = state.init_state(c, flax_model, optax.identity(), num_classes=8)
+  init = state.init_state(task, flax_model, optax.identity(), num_classes=8)
   want = vit.resample_pos_embed(model.pos_embed.detach().numpy(), 4, 1)
   np.testing.assert_allclose(init.params["model"]["backbone"]["pos_embed"], want, atol=1e-6)
   assert "bias" not in init.params["model"]["semantic"]
@@ -261,7 +263,7 @@ def test_a_vit_from_scratch_trains_and_warns_about_no_batch_norm_mode(caplog):
   images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3), dtype=np.uint8)
   batch = to_global(steps.mesh, {"image": images,
                                  "label": np.repeat(np.arange(4), 4).astype(np.int32)})
-  _, m = steps.train_step(steps.fresh_state(), batch, 0.8, synthesize=False,
+  _, m = steps.train_step(steps.fresh_state(), batch, steps.method.plan(0),
                           train_backbone=True)
   assert np.isfinite(float(m["loss"]))
   from idml_jax.train import loop

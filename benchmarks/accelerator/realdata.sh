@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The real-data benchmark (benchmarks/realdata/run.py) on the GPU machine, many rows at once.
+# The real-data benchmark (benchmarks/studies/realdata/run.py) on the GPU machine, many rows at once.
 # Here, from the repository root (with network):
 #   benchmarks/accelerator/fetch_wheels.sh
-#   python benchmarks/realdata/make_sets.py --out /tmp/realdata
+#   python benchmarks/studies/realdata/make_sets.py --out /tmp/realdata
 #   mkdir -p .rd && tar czf .rd/realdata.tgz -C /tmp realdata   # .rd is git-ignored
 # There (carry benchmarks/accelerator/wheels and .rd):
 #   benchmarks/accelerator/realdata.sh OUT_DIR [WORKERS] [SECONDS]
@@ -50,7 +50,7 @@ STEPS=${STEPS:-1200}  # STEPS=40 for a dry run.
 export DEADLINE OUT STEPS
 job() {  # set row variant: five seeds, no row started after the deadline.
   [ "$(date +%s)" -lt "$DEADLINE" ] || exit 0
-  python3 benchmarks/realdata/run.py --data /tmp/realdata --out "$OUT/realdata_gpu.jsonl" \
+  python3 benchmarks/studies/realdata/run.py --data /tmp/realdata --out "$OUT/realdata_gpu.jsonl" \
     --sets "$1" --rows "$2" --variants "$3" --seeds 0,1,2,3,4 --steps "$STEPS" \
     --deadline "$DEADLINE" --override data.num_threads=2 > "/tmp/realdata_logs/$1-$2-$3.log" 2>&1
   echo "$(date +%T) done $1 $2 $3 (rc $?)"
@@ -59,4 +59,4 @@ export -f job
 printf '%s\n' "${JOBS[@]}" | timeout $(( SECONDS_LEFT + 120 )) \
   xargs -P "$WORKERS" -L 1 bash -c 'job $0 $1 $2'
 tar czf "$OUT/logs.tgz" -C /tmp realdata_logs
-python3 benchmarks/realdata/run.py --out "$OUT/realdata_gpu.jsonl" --table | tee "$OUT/table.md"
+python3 benchmarks/studies/realdata/run.py --out "$OUT/realdata_gpu.jsonl" --table | tee "$OUT/table.md"

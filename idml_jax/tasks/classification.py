@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from idml_jax import evaluation, mixing
-from idml_jax.config import uses_idml
 from idml_jax.models import ClassifierModel
 from idml_jax.tasks.base import ApplyFn, Evaluation, Task
 
@@ -24,24 +23,28 @@ class ClassificationTask(Task):
   primary_metric = "top1"
   embed_outputs = ("logits", "introspective_logits")
 
-  def describe(self, config):
-    return f"classification ({config.method}, mixing {config.mixing.kind})"
+  @classmethod
+  def trains(cls, method):
+    return not method.synthesizes  # No pair loss to add candidates to.
 
-  def make_model(self, config, backbone, num_classes) -> nn.Module:
+  def describe(self):
+    return f"classification ({self.config.method}, mixing {self.config.mixing.kind})"
+
+  def make_model(self, backbone, num_classes) -> nn.Module:
     if num_classes < 2:
       raise ValueError(f"A classifier needs num_classes >= 2; got {num_classes}.")
+    config = self.config
     cfg = config.classification
-    return ClassifierModel(backbone, num_classes, uncertainty=uses_idml(config.method),
+    return ClassifierModel(backbone, num_classes, uncertainty=self.method.introspective,
                            uncertainty_dim=cfg.uncertainty_dim,
                            uncertainty_init=config.model.uncertainty_init, bias=cfg.bias,
                            a=config.ism.a, b=config.ism.b)
 
-  def loss(self, config, apply_fn: ApplyFn, params, images, labels, draws, stats, strength,
-           synthesize):
+  def loss(self, apply_fn: ApplyFn, params, images, labels, draws, step):
     """``aux`` has the training accuracy (plain logits, unmixed labels) and ``lam``."""
-    images, lam = mixing.mix(images, draws, config.mixing.kind)
+    images, lam = mixing.mix(images, draws, self.config.mixing.kind)
     out = apply_fn(params["model"], images)
-    idml = uses_idml(config.method)
+    idml = self.method.introspective
     logits = out["introspective_logits"] if idml else out["logits"]
     loss = mixing.mixed_cross_entropy(logits, labels, lam, draws.get("perm"))
     aux = {"accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == labels), "lam": lam}
@@ -51,7 +54,7 @@ class ClassificationTask(Task):
       aux["uncertainty_norm"] = jnp.mean(jnp.linalg.norm(out["uncertainty"], axis=-1))
     return loss, aux
 
-  def evaluate(self, config, embedded):
+  def evaluate(self, embedded):
     emb = embedded["test"]
     rank = evaluation.true_class_rank(emb["logits"], emb["labels"])
     metrics = evaluation.classification_metrics(emb["logits"], emb["labels"])
@@ -64,7 +67,7 @@ class ClassificationTask(Task):
           evaluation.softmax_confidence(emb["introspective_logits"]), ism_rank == 0)
     metrics.update({f"ece_{k}": v["ece"] for k, v in calibration.items()})
     emb["calibration"] = calibration
-    scores = evaluation.confidence_scores(
-        uncertainty_norm=emb["uncertainty_norm"] if uses_idml(config.method) else None,
-        logits=emb["logits"])
+    metrics.update(self.uncertainty_metrics(emb))
+    scores = evaluation.confidence_scores(uncertainty_norm=self.uncertainty(emb),
+                                          logits=emb["logits"])
     return Evaluation(metrics, emb, scores, {"top1": rank == 0})

@@ -1,13 +1,11 @@
 """Deep metric learning for retrieval: the objectives of both papers (docs/algorithms.md
 §1.5, §2.3–2.4) and the retrieval metrics.
 
-* ``baseline``: the configured loss on cosine similarities.
-* ``idml``: semantic + uncertainty embeddings compared with the introspective similarity
-  (ISM, ``ism.a``, ``ism.b``).
-* ``iaa``: after ``iaa.start_epoch``, M synthetic samples per image from the class
-  statistics join the candidates of a pair loss (anchors = the originals).
-* ``idml+iaa``: both; synthetic samples inherit their source's uncertainty embedding and
-  the boosted pair loss runs on the ISM.
+The configured loss on cosine similarities, or, for an introspective method (IDML), on the
+introspective similarity of semantic + uncertainty embeddings (ISM, ``ism.a``, ``ism.b``).
+A method's extra candidates (IAA's M synthetic samples per image, :meth:`Method.candidates`)
+join the candidates of a pair loss (anchors = the originals); they inherit their source's
+uncertainty embedding, so the boosted pair loss runs on the ISM too.
 
 With ``mixing.kind`` (IDML's Mixup; CutMix too) the loss is
 ``L(x, y) + lam L(x~, y) + (1 - lam) L(x~, y[pi])``; synthesis boosts the clean pass, the
@@ -24,8 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from idml_jax import evaluation, iaa, losses, mixing, similarity
-from idml_jax.config import uses_iaa, uses_idml
+from idml_jax import evaluation, losses, mixing, similarity
 from idml_jax.models import EmbeddingModel
 from idml_jax.ops import l2_normalize
 from idml_jax.tasks.base import ApplyFn, Evaluation, Task
@@ -101,43 +98,33 @@ class RetrievalTask(Task):
   primary_metric = "recall@1"
   embed_outputs = ("semantic",)
 
-  def describe(self, config):
-    return f"{config.method} | {config.loss.name} | mixing {config.mixing.kind}"
+  def describe(self):
+    c = self.config
+    return f"{c.method} | {c.loss.name} | mixing {c.mixing.kind}"
 
-  def make_model(self, config, backbone, num_classes) -> nn.Module:
-    m = config.model
-    return EmbeddingModel(backbone, m.embedding_dim, uncertainty=uses_idml(config.method),
+  def make_model(self, backbone, num_classes) -> nn.Module:
+    m = self.config.model
+    return EmbeddingModel(backbone, m.embedding_dim, uncertainty=self.method.introspective,
                           uncertainty_activation=m.uncertainty_activation,
                           uncertainty_init=m.uncertainty_init,
                           uncertainty_input=m.uncertainty_input, pooling=m.pooling,
                           head_bias=m.head_bias)
 
-  def init_params(self, config, key, num_classes):
-    if config.loss.name not in losses.PROXY_LOSSES:
+  def init_params(self, key, num_classes):
+    if self.config.loss.name not in losses.PROXY_LOSSES:
       return {}
     # Kaiming-normal, fan-out: std = sqrt(2 / C) (docs/algorithms.md §1.5).
-    return {"proxies": jax.random.normal(key, (num_classes, config.model.embedding_dim))
+    return {"proxies": jax.random.normal(key, (num_classes, self.config.model.embedding_dim))
             * jnp.sqrt(2.0 / num_classes)}
 
-  def draws(self, config, key, batch_size):
-    if not uses_iaa(config.method):
-      return {}
-    return {"noise": iaa.synthesis_noise(key, config.iaa.num_synthetic, batch_size,
-                                         config.model.embedding_dim)}
-
-  def loss(self, config, apply_fn: ApplyFn, params, images, labels, draws, stats, strength,
-           synthesize):
+  def loss(self, apply_fn: ApplyFn, params, images, labels, draws, step):
+    config = self.config
     out = apply_fn(params["model"], images)
     proxies = params.get("proxies")
-    synthetic = None
-    if synthesize:
-      z_syn, y_syn = iaa.synthesize(draws["noise"], out["semantic"], labels,
-                                    stats.synthesis_covariance, lam=strength,
-                                    root=config.iaa.synthesis_root)
-      synthetic = (z_syn, y_syn, config.iaa.num_synthetic)
+    synthetic = self.method.candidates(step, draws, out["semantic"], labels)
     loss = loss_on_embeddings(config, out, labels, proxies, synthetic)
     aux = {"loss_clean": loss, **_batch_stats(out)}
-    if uses_idml(config.method):
+    if self.method.introspective:
       aux.update(ism_diagnostics(config, out, proxies))
     if config.mixing.kind != "none":
       mixed_images, lam = mixing.mix(images, draws, config.mixing.kind)
@@ -146,7 +133,8 @@ class RetrievalTask(Task):
               + (1 - lam) * loss_on_embeddings(config, mixed, labels[draws["perm"]], proxies))
     return loss, aux
 
-  def check_splits(self, config, splits):
+  def check_splits(self, splits):
+    config = self.config
     names = self.evaluation_splits(splits)
     labels = [splits[n].labels for n in names]
     gallery = len(labels[-1]) - (1 if len(names) == 1 else 0)
@@ -163,7 +151,8 @@ class RetrievalTask(Task):
       logging.warning("No class of the test split has two images: no query has a relevant "
                       "item, so every retrieval metric is 0.")
 
-  def evaluate(self, config, embedded):
+  def evaluate(self, embedded):
+    config = self.config
     ks = tuple(config.eval.ks)
     emb, gallery = ((embedded["query"], embedded["gallery"]) if "query" in embedded else
                     (embedded["test"], None))
@@ -178,9 +167,10 @@ class RetrievalTask(Task):
     if config.eval.nmi and gallery is None:
       metrics.update(evaluation.clustering_metrics(emb["semantic"], emb["labels"],
                                                    backend=config.eval.kmeans, seed=config.seed))
-    scores = evaluation.confidence_scores(
-        uncertainty_norm=emb["uncertainty_norm"] if uses_idml(config.method) else None,
-        nearest_score=ranks.nearest_score, second_score=ranks.second_score)
+    metrics.update(self.uncertainty_metrics(emb))
+    scores = evaluation.confidence_scores(uncertainty_norm=self.uncertainty(emb),
+                                          nearest_score=ranks.nearest_score,
+                                          second_score=ranks.second_score)
     return Evaluation(metrics, emb, scores,
                       {"recall@1": ~emb["failed"], "map@r": emb["query_map@r"]})
 

@@ -1,1 +1,2 @@
-"""Training and evaluation of IDML, IAA and both together (the main job)."""
+"""Training and evaluation (the main job), for any task and method: the loop, the compiled
+steps, checkpoints, the workdir, metrics and figures."""

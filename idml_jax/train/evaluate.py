@@ -10,18 +10,18 @@ import numpy as np
 from jax.experimental.multihost_utils import process_allgather
 
 from idml_jax import evaluation
-from idml_jax.config import uses_idml
 from idml_jax.data import SkipCounter, eval_batches, transforms
-from idml_jax.train.steps import Steps, to_global
+from idml_jax.train.steps import Embedder, Steps, to_global, variables
 
 
-def embed_split(steps: Steps, state, source, skipped: SkipCounter | None = None, *,
-                augment_seed=None) -> dict[str, np.ndarray]:
-  """Embeds every image of ``source``: ``semantic`` [N, D] (classification: ``logits``
-  [N, C]), ``uncertainty_norm`` [N], ``labels`` [N], ``index`` [N] (unreadable images
-  dropped and counted in ``skipped``). The config's test transform, or with
-  ``augment_seed`` its training augmentation (a function of the seed and the image)."""
-  cfg = steps.config
+def embed_split(embedder: Embedder, variables: dict, source, skipped: SkipCounter | None = None,
+                *, augment_seed=None) -> dict[str, np.ndarray]:
+  """Embeds every image of ``source`` with the model's ``variables`` (``params``,
+  ``batch_stats``): ``semantic`` [N, D] (classification: ``logits`` [N, C]),
+  ``uncertainty_norm`` [N], ``labels`` [N], ``index`` [N] (unreadable images dropped and
+  counted in ``skipped``). The config's test transform, or with ``augment_seed`` its
+  training augmentation (a function of the seed and the image)."""
+  cfg = embedder.config
   train_transform, test_transform = transforms.from_config(cfg)
   transform = test_transform if augment_seed is None else train_transform
   outs, idx = [], []
@@ -31,7 +31,7 @@ def embed_split(steps: Steps, state, source, skipped: SkipCounter | None = None,
                             process_count=jax.process_count(),
                             num_threads=cfg.data.num_threads, skipped=skipped,
                             transform=transform, seed=augment_seed):
-    out = steps.embed(state, to_global(steps.mesh, {"image": local["image"]})["image"])
+    out = embedder.embed(variables, to_global(embedder.mesh, {"image": local["image"]})["image"])
     outs.append(jax.device_get(out))
     # Global rows are the processes' local rows in process order.
     idx.append(np.asarray(process_allgather(np.where(local["mask"], local["index"], -1),
@@ -54,15 +54,15 @@ def evaluate(steps: Steps, state, splits: dict,
   score (with ``combined``, cross-fitted by class); ``undefined``: the figures that cannot be
   computed on these queries, with the reason. ``metrics`` has their AURC / E-AURC / R-AUROC.
   """
-  cfg, task = steps.config, steps.task
+  task = steps.task
   skipped = skipped or {}
-  embedded = {n: embed_split(steps, state, splits[n], skipped.get(n))
+  embedded = {n: embed_split(steps.embedder, variables(state), splits[n], skipped.get(n))
               for n in task.evaluation_splits(splits)}
   for name, e in embedded.items():
     if not len(e["labels"]):
       raise ValueError(f"None of the {len(splits[name])} {name} images could be read (the "
                        "warnings above name them): fix or remove them.")
-  result = task.evaluate(cfg, embedded)
+  result = task.evaluate(embedded)
   metrics, emb = result.metrics, result.emb
   scalars, emb["selective"], emb["undefined"] = evaluation.selective_report(
       result.scores, ~emb["failed"], result.per_query, groups=emb["labels"])
@@ -70,8 +70,6 @@ def evaluate(steps: Steps, state, splits: dict,
   for what, why in emb["undefined"].items():
     logging.warning("%s is undefined: %s.", {"rauroc": "R-AUROC", "combined":
                                              "The combined confidence"}[what], why)
-  if uses_idml(cfg.method):
-    metrics.update(evaluation.uncertainty_report(emb["uncertainty_norm"], emb["failed"]))
   for name, e in embedded.items():
     metrics[f"images_{name}"] = len(e["labels"])
     lost = len(splits[name]) - len(e["labels"])

@@ -11,8 +11,8 @@ from matplotlib.figure import Figure  # No pyplot: no global backend change, thr
 from idml_jax.data.transforms import eval_transform
 from idml_jax.evaluation import knn
 from idml_jax.ops import l2_normalize_np
-from idml_jax.train.checkpoint import Workdir
 from idml_jax.train.reporting import read_metrics
+from idml_jax.train.workdir import Workdir
 
 
 def training_curves(workdir: Workdir, metric: str = "recall@1") -> str:

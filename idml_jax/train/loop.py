@@ -2,7 +2,7 @@
 
 A run is resumable from its workdir: the same command continues from the newest
 checkpoint that verifies. Before anything is written, the config is compared with the
-one the workdir recorded (``checkpoint.run_changes``): a change that would make a different
+one the workdir recorded (``run_record.run_changes``): a change that would make a different
 run is refused, the allowed ones (more epochs, evaluation and logging settings, data
 locations) are recorded in ``run.json``.
 """
@@ -19,26 +19,18 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from idml_jax import config as config_lib
-from idml_jax import data, iaa, tasks
+from idml_jax import data, methods, tasks
 from idml_jax.evaluation import NonFiniteEmbeddingsError
 from idml_jax.models import get_backbone
 from idml_jax.train import figures
-from idml_jax.train.checkpoint import (
-    Checkpoints,
-    ConfigMismatchError,
-    Workdir,
-    is_main_process,
-    read_json,
-    run_changes,
-    workdir_lock,
-    write_json,
-)
+from idml_jax.train.checkpoint import Checkpoints
 from idml_jax.train.evaluate import embed_split, evaluate
-from idml_jax.train.reporting import MetricWriter, Progress
-from idml_jax.train.steps import Steps, make_mesh, prefetch_to_device
+from idml_jax.train.reporting import MetricWindow, MetricWriter, Progress
+from idml_jax.train.run_record import ConfigMismatchError, read_config, run_changes
+from idml_jax.train.steps import Steps, make_mesh, prefetch_to_device, replicated, variables
+from idml_jax.train.workdir import Workdir, is_main_process, read_json, workdir_lock, write_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,7 +45,8 @@ class Run:
     splits: ``{"train": source, "test": source}`` (or In-Shop's ``query``/``gallery``).
     num_classes: training classes.
     sampler: the training batch sampler (``data.SAMPLERS``), a function of (seed, step).
-    skipped: unreadable images met, per split (and ``iaa``: the estimate's passes).
+    skipped: unreadable images met, per split (and in the method's passes over the
+      training set, under its ``pass_name``).
   """
 
   config: ml_collections.ConfigDict
@@ -81,9 +74,10 @@ def open_run(config: ml_collections.ConfigDict, workdir: str, devices=None, *,
   if mode == "eval" and recorded is None:
     raise FileNotFoundError(f"{wd.run_file} not found: {workdir!r} holds no training run "
                             "(train first with --mode=train).")
-  changes = run_changes(recorded["config"], config) if recorded else {}
+  changes = (run_changes(read_config(recorded["config"], wd.run_file).to_dict(), config)
+             if recorded else {})
   splits = data.load_splits(config.data.name, config.data.source, config.data.data_dir or None)
-  tasks.get_task(config).check_splits(config, splits)
+  tasks.get_task(config).check_splits(splits)
   train_source = splits["train"]
   num_classes = int(train_source.labels.max()) + 1
   if recorded and recorded["num_classes"] != num_classes:
@@ -105,8 +99,10 @@ def open_run(config: ml_collections.ConfigDict, workdir: str, devices=None, *,
       history.append({"changed": {k: list(v) for k, v in changes.items()}})
     write_json(wd.run_file, {"config": config.to_dict(), "num_classes": num_classes,
                              "changes": history})
-  return Run(config, wd, splits, num_classes, sampler, steps_per_epoch, steps, Checkpoints(wd),
-             {name: data.SkipCounter() for name in (*splits, "iaa")})
+  passes = (steps.method.pass_name,) if steps.method.pass_name else ()
+  return Run(config, wd, splits, num_classes, sampler, steps_per_epoch, steps,
+             Checkpoints(wd, renamed=steps.method.renamed_paths),
+             {name: data.SkipCounter() for name in (*splits, *passes)})
 
 
 class _StopRequest:
@@ -175,40 +171,31 @@ def _evaluate(run: Run, state, step: int) -> tuple[dict, dict]:
   return metrics, emb
 
 
-def _estimate_due(config: ml_collections.ConfigDict, epoch: int) -> bool:
-  """IAA re-estimates its statistics over the training set at the start of ``epoch``."""
-  cfg = config.iaa
-  return (config_lib.uses_iaa(config.method) and epoch >= cfg.start_epoch
-          and (epoch - cfg.start_epoch) % cfg.update_every == 0)
+def _method_pass(run: Run, state, epoch: int):
+  """``state`` with the carry the method's pass over the training set makes at the start of
+  ``epoch``."""
+  cfg, method = run.config, run.steps.method
+  embed = lambda augment: embed_split(
+      run.steps.embedder, variables(state), run.splits["train"], run.skipped[method.pass_name],
+      augment_seed=[cfg.seed, epoch] if augment else None)
+  return state.replace(carry=method.epoch_pass(
+      state.carry, epoch, methods.TrainSetPass(embed, replicated(run.steps.mesh))))
 
 
-def _update_class_stats(run: Run, state, epoch: int):
-  """Re-estimates the IAA statistics over the whole training set (due at ``epoch``)."""
-  t = time.perf_counter()
-  emb = embed_split(run.steps, state, run.splits["train"], run.skipped["iaa"],
-                    augment_seed=[run.config.seed, epoch] if run.config.iaa.estimate_augmented
-                    else None)
-  stats = jax.block_until_ready(run.steps.update_class_stats(  # Its time is the pass's.
-      state.class_stats, emb["semantic"], emb["labels"].astype(np.int32)))
-  logging.info("IAA class statistics re-estimated at epoch %d over %d images (%.1f s).", epoch,
-               len(emb["labels"]), time.perf_counter() - t)
-  return state.replace(class_stats=stats, class_stats_epoch=np.int32(epoch))
-
-
-def _window_means(window: list[dict], step: int, ckpts: Checkpoints) -> dict[str, float]:
-  """The mean of each training metric over the logging window (the steps since the last
-  log, as clu's metric collections average), fetched in one transfer; stops the run if
-  any step's value is NaN/inf."""
-  values = jax.device_get(window)
-  keys = dict.fromkeys(k for v in values for k in v)
-  scalars = {k: float(np.mean([v[k] for v in values if k in v])) for k in keys}
-  if not all(math.isfinite(v) for v in scalars.values()):
-    last = ckpts.latest_step()
-    where = (f"The last good checkpoint is step {last} in {ckpts.workdir.checkpoints}."
-             if last is not None else "No checkpoint was written yet.")
-    bad = ", ".join(k for k, v in scalars.items() if not math.isfinite(v))
-    raise NonFiniteLossError(f"Non-finite training metrics ({bad}) by step {step}. {where}")
-  return scalars
+def _check_finite(window: MetricWindow, step: int, ckpts: Checkpoints,
+                  scalars: dict[str, float] | None = None) -> None:
+  """Stops the run if a training metric of the window (``scalars``: its means, when read
+  already) is NaN/inf, naming the last good checkpoint."""
+  if scalars is None and window.all_finite():
+    return
+  scalars = scalars if scalars is not None else window.means(reset=False)
+  bad = ", ".join(k for k, v in scalars.items() if not math.isfinite(v))
+  if not bad:
+    return
+  last = ckpts.latest_step()
+  where = (f"The last good checkpoint is step {last} in {ckpts.workdir.checkpoints}."
+           if last is not None else "No checkpoint was written yet.")
+  raise NonFiniteLossError(f"Non-finite training metrics ({bad}) by step {step}. {where}")
 
 
 def _better(task: tasks.Task, metrics: dict, best: dict) -> bool:
@@ -218,14 +205,14 @@ def _better(task: tasks.Task, metrics: dict, best: dict) -> bool:
 
 
 def _passes_left(run: Run, done: int) -> dict[str, int]:
-  """``{"eval": n, "estimate": m}``: the evaluations (at the end of an epoch, the one ending
-  at ``done`` included) and IAA estimates (at the start of one) still to run after ``done``
-  steps."""
+  """``{"eval": n, "method": m}``: the evaluations (at the end of an epoch, the one ending at
+  ``done`` included) and the method's passes (at the start of one) still to run after
+  ``done`` steps."""
   cfg = run.config
   first = -(-done // run.steps_per_epoch)
   return {"eval": sum(1 for e in range(first, cfg.num_epochs + 1)
                       if e and (e % cfg.eval.every_epochs == 0 or e == cfg.num_epochs)),
-          "estimate": sum(1 for e in range(first, cfg.num_epochs) if _estimate_due(cfg, e))}
+          "method": run.steps.method.passes_left(first, cfg.num_epochs)}
 
 
 def _skipped(run: Run) -> dict[str, int]:
@@ -254,7 +241,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
   best = ckpts.best_metrics()
   task = run.steps.task
   logging.info("%s on %s | %d classes, %d images | %d epochs × %d steps | %d devices",
-               task.describe(cfg), cfg.data.name, run.num_classes, len(run.splits["train"]),
+               task.describe(), cfg.data.name, run.num_classes, len(run.splits["train"]),
                cfg.num_epochs, run.steps_per_epoch, run.steps.mesh.size)
   batches = data.train_batches(
       run.splits["train"], run.sampler, image_size=cfg.data.image_size, seed=cfg.seed,
@@ -271,7 +258,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
       write_json(wd.untrained_file, untrained)
     logging.info("untrained: %s", " ".join(f"{k}={v:.4f}" for k, v in untrained.items()))
   last_eval, t_start = None, time.perf_counter()
-  window = []  # The device metrics of the steps since the last log.
+  method = run.steps.method
+  window = MetricWindow()  # The steps since the last log, summed on the devices.
   stop = _StopRequest()
   try:
     stop.install()
@@ -279,28 +267,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
       if stop.requested:  # Ctrl-C lands here, between steps, never inside a save.
         raise KeyboardInterrupt
       epoch = step // run.steps_per_epoch
-      if (step % run.steps_per_epoch == 0 and _estimate_due(cfg, epoch)
-          and int(state.class_stats_epoch) < epoch):  # Not yet done for this epoch.
-        with progress.excluded("estimate"):
-          state = _update_class_stats(run, state, epoch)
+      if step % run.steps_per_epoch == 0 and method.pass_due(epoch):
+        with progress.excluded("method"):
+          state = _method_pass(run, state, epoch)
       batch = next(batches)
-      synthesize = config_lib.uses_iaa(cfg.method) and epoch >= cfg.iaa.start_epoch
-      strength = (iaa.strength_schedule(cfg.iaa.strength, epoch, cfg.num_epochs)
-                  if synthesize else 0.0)  # Host numbers: nothing is read back.
-      variant = dict(synthesize=synthesize, train_backbone=run.steps.trains_backbone(step))
+      plan = method.plan(epoch)  # Host numbers: nothing is read back.
+      train_backbone = run.steps.trains_backbone(step)
       # No device-to-host transfer between logging steps (fires on accelerators only).
-      with (progress.excluded("compile") if run.steps.compiles(**variant) else
-            contextlib.nullcontext()), jax.transfer_guard_device_to_host("disallow"):
-        state, metrics = run.steps.train_step(state, batch, strength, **variant)
-      window.append(metrics)
+      with (progress.excluded("compile") if run.steps.compiles(plan, train_backbone=train_backbone)
+            else contextlib.nullcontext()), jax.transfer_guard_device_to_host("disallow"):
+        state, metrics = run.steps.train_step(state, batch, plan, train_backbone=train_backbone)
+        window.add(metrics)
       done = step + 1
       epoch_end = done % run.steps_per_epoch == 0
-      if done % cfg.log_every_steps == 0 or epoch_end:  # Always checked before saving.
-        scalars = _window_means(window, done, ckpts)
-        if done % cfg.log_every_steps == 0:
-          window = []
-          scalars.update(progress(done, scalars, _passes_left(run, done)))
-          writer.write(done, scalars, "train/")
+      if done % cfg.log_every_steps == 0:
+        scalars = window.means()
+        _check_finite(window, done, ckpts, scalars)
+        scalars.update(progress(done, scalars, _passes_left(run, done)))
+        writer.write(done, scalars, "train/")
+      elif epoch_end:  # Always checked before saving: one value read back.
+        _check_finite(window, done, ckpts)
       if not epoch_end:
         continue
       ep = done // run.steps_per_epoch

@@ -99,13 +99,29 @@ def unpack(packed: dict[str, np.ndarray], manifest: list) -> dict[str, np.ndarra
   return out
 
 
-def first_difference(manifest: list, target: dict) -> str | None:
-  """The first difference between a packed checkpoint's arrays and the flat target's, or
-  None."""
+def renamed(leaves: dict[str, np.ndarray], renames: dict[str, str | None]) -> dict:
+  """``leaves`` with each path under a prefix of ``renames`` moved to its new prefix, or
+  dropped where that is None (a checkpoint of an earlier layout of the state)."""
+  out = {}
+  for path, v in leaves.items():
+    for old, new in renames.items():
+      if path == old or path.startswith(old + "/"):
+        if new is not None:
+          out[new + path[len(old):]] = v
+        break
+    else:
+      out[path] = v
+  return out
+
+
+def first_difference(leaves: dict[str, np.ndarray], target: dict, *,
+                     subset: bool = False) -> str | None:
+  """The first difference between a checkpoint's arrays (a verified one's) and the flat
+  target's (``subset``: only the target's paths must be there), or None."""
   want = {k: f"{jnp.dtype(v.dtype).name}{list(v.shape)}" for k, v in target.items()
           if v is not flax.traverse_util.empty_node}  # ``target`` keeps its empty nodes.
-  have = {path: f"{dtype}{list(shape)}" for path, dtype, shape in manifest}
-  for k in sorted(set(want) | set(have)):
+  have = {k: f"{v.dtype.name}{list(v.shape)}" for k, v in leaves.items()}
+  for k in sorted(set(want) if subset else set(want) | set(have)):
     if want.get(k) != have.get(k):
       return (f"{k}: {have.get(k, 'absent')} in the checkpoint, {want.get(k, 'absent')} in the "
               "model")

@@ -1,8 +1,11 @@
-"""Metric writers (TensorBoard via tensorboardX, a JSON-lines file, log lines) and progress.
+"""Metric writers (TensorBoard event files, a JSON-lines file, log lines), the window of
+training metrics, and progress.
 
-TensorBoard files are written without TensorFlow; ``metrics.jsonl`` in the workdir holds
-every scalar for the figures and for scripts. On resume the log is cut back to the
-restored step, so a replayed step is never logged twice.
+TensorBoard files are written without TensorFlow (tensorboardX's synchronous
+``EventsWriter``: a write that fails raises here, in the writer's caller, not on a thread of
+its own); ``metrics.jsonl`` in the workdir holds every scalar for the figures and for
+scripts. On resume the log is cut back to the restored step, so a replayed step is never
+logged twice.
 """
 
 from __future__ import annotations
@@ -10,25 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
+import os
 import time
-import traceback
 
-from idml_jax.train.checkpoint import Workdir
+import jax
+import jax.numpy as jnp
 
-
-def _quiet_tensorboard_threads(previous):
-  """A ``threading.excepthook`` that drops tensorboardX's writer-thread I/O errors (a full
-  disk): MetricWriter says it once; everything else goes to ``previous``."""
-
-  def hook(args):
-    if issubclass(args.exc_type, OSError) and "tensorboardX" in "".join(
-        traceback.format_tb(args.exc_traceback)):
-      return
-    previous(args)
-
-  hook.quiet_tensorboard = True
-  return hook
+from idml_jax.train.workdir import Workdir
 
 
 class MetricWriter:
@@ -49,12 +40,13 @@ class MetricWriter:
     workdir.path.mkdir(parents=True, exist_ok=True)
     self._path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
     try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir.tensorboard))
-      if not getattr(threading.excepthook, "quiet_tensorboard", False):
-        threading.excepthook = _quiet_tensorboard_threads(threading.excepthook)
+      from tensorboardX.event_file_writer import EventsWriter
+      workdir.tensorboard.mkdir(parents=True, exist_ok=True)
+      self._tb = EventsWriter(os.path.join(str(workdir.tensorboard), "events"))
     except ImportError:  # pragma: no cover - tensorboardX is a declared dependency.
       logging.warning("tensorboardX missing: no TensorBoard files.")
+    except OSError as e:
+      self._give_up_tensorboard(e)
 
   def write(self, step: int, scalars: dict[str, float], prefix: str = "") -> None:
     if not self.enabled:
@@ -67,19 +59,19 @@ class MetricWriter:
     else:
       self._path.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
     if self._tb is not None:
+      from tensorboardX.proto.event_pb2 import Event
+      from tensorboardX.summary import scalar
       try:
         for k, v in row.items():
-          if k != "step":
-            self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags: no '@'.
+          if k != "step":  # TensorBoard tags: no '@'.
+            self._tb.write_event(Event(wall_time=time.time(), step=step,
+                                       summary=scalar(k.replace("@", "_at_"), v)))
         self._tb.flush()
       except OSError as e:
         self._give_up_tensorboard(e)
 
   def _give_up_tensorboard(self, error: OSError) -> None:
     logging.warning("TensorBoard files are no longer written (%s); metrics.jsonl is.", error)
-    for w in getattr(self._tb, "all_writers", {}).values():  # Its atexit close: a no-op.
-      with contextlib.suppress(AttributeError):
-        w.event_writer._closed = True  # noqa: SLF001
     self._tb = None
 
   def close(self) -> None:
@@ -88,6 +80,48 @@ class MetricWriter:
         self._tb.close()
       except OSError as e:
         self._give_up_tensorboard(e)
+
+
+@jax.jit
+def _add(total: dict, new: dict) -> dict:
+  return jax.tree.map(jnp.add, total, new)
+
+
+@jax.jit
+def _grand_total(total: dict) -> jax.Array:
+  return sum(jnp.sum(v) for v in jax.tree.leaves(total))
+
+
+class MetricWindow:
+  """The training metrics of the steps since the last log, summed on the devices: adding a
+  step reads nothing back; :meth:`all_finite` reads one value, :meth:`means` one per metric
+  (clu's metric collections average over the same window)."""
+
+  def __init__(self):
+    self._sum: dict[str, jax.Array] = {}
+    self._count: dict[str, int] = {}
+
+  def add(self, metrics: dict[str, jax.Array]) -> None:
+    """Adds one step's device scalars."""
+    if self._sum.keys() == metrics.keys():
+      self._sum = _add(self._sum, metrics)
+    else:  # A metric that only some steps report.
+      self._sum = {**metrics, **{k: _add(v, metrics[k]) if k in metrics else v
+                                 for k, v in self._sum.items()}}
+    for k in metrics:
+      self._count[k] = self._count.get(k, 0) + 1
+
+  def all_finite(self) -> bool:
+    """Whether every value added since the last reset is finite (their sum is)."""
+    return not self._sum or bool(jnp.isfinite(_grand_total(self._sum)))
+
+  def means(self, reset: bool = True) -> dict[str, float]:
+    """The mean of each metric over the window, read back together; starts a new window."""
+    totals = jax.device_get(self._sum)
+    out = {k: float(v) / self._count[k] for k, v in totals.items()}
+    if reset:
+      self._sum, self._count = {}, {}
+    return out
 
 
 def read_metrics(workdir: Workdir) -> list[dict]:
@@ -108,7 +142,7 @@ class Progress:
   only: time inside :meth:`excluded` (compiling a new step, a pass over a split) is left out
   of it, and the ETA adds the passes still to come at their mean time so far."""
 
-  PASSES = ("eval", "estimate")  # Evaluations; IAA's re-estimates over the training set.
+  PASSES = ("eval", "method")  # Evaluations; the method's passes over the training set.
 
   def __init__(self, total_steps: int, batch_size: int, every: int):
     self.total, self.batch, self.every = total_steps, batch_size, every
@@ -133,7 +167,7 @@ class Progress:
 
   def __call__(self, step: int, scalars: dict[str, float],
                passes_left: dict[str, int] | None = None) -> dict[str, float]:
-    """Logs the window ending at ``step``; ``passes_left``: ``{"eval": n, "estimate": m}``
+    """Logs the window ending at ``step``; ``passes_left``: ``{"eval": n, "method": m}``
     still to run. Returns ``steps_per_sec`` and ``images_per_sec`` (none at the first)."""
     now = time.perf_counter()
     if self._s is None:

@@ -19,8 +19,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from idml_jax import iaa, optim, tasks
-from idml_jax.config import batch_norm_mode, neighbor_correction_on
+from idml_jax import methods, optim, tasks
+from idml_jax.config import batch_norm_mode
 from idml_jax.data.transforms import color_augment, normalize
 from idml_jax.models import get_backbone
 from idml_jax.train.state import TrainState, abstract_state, init_state, make_model
@@ -59,41 +59,69 @@ def replicate(mesh: Mesh, tree):
   return jax.device_put(tree, replicated(mesh))
 
 
-class Steps:
-  """The jitted train and embed steps of one config (compiled once per variant), with the
-  task, the model, the optimiser, the abstract train state and the mesh they run on."""
+class Embedder:
+  """The jitted embed step of a task's model on a mesh (BatchNorm's running statistics)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-               mesh: Mesh, abstract: TrainState, num_classes: int, warmup_steps: int = 0):
-    self.config, self.model, self.tx, self.mesh = config, model, tx, mesh
+  def __init__(self, task: tasks.Task, model, mesh: Mesh):
+    self.task, self.config, self.mesh = task, task.config, mesh
+    self.model = (model.clone(backbone=model.backbone.clone(train_bn=False))
+                  if batch_norm_mode(task.config) == "train" else model)
+    self.spec = get_backbone(task.config.model.backbone).input_spec
+    self.embed = jax.jit(self._embed, out_shardings=replicated(mesh))
+
+  def _embed(self, variables, images) -> dict[str, jax.Array]:
+    """``{"params", "batch_stats"}`` and uint8 images [B, H, W, 3] -> ``uncertainty_norm``
+    [B] (0 without an uncertainty head) and the task's ``embed_outputs`` (retrieval:
+    ``semantic`` [B, D]; classification: its logits [B, C])."""
+    out = self.model.apply({"params": variables["params"]["model"],
+                            "batch_stats": variables["batch_stats"]},
+                           normalize(images, self.spec))
+    unc = out.get("uncertainty")
+    norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
+    return {**{k: out[k] for k in self.task.embed_outputs if k in out}, "uncertainty_norm": norm}
+
+
+def variables(state: TrainState) -> dict:
+  """What embedding reads of a train state."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+class Steps:
+  """The jitted train step of one config (compiled once per variant) and its embedder, with
+  the task (and its method), the model, the optimiser, the abstract train state and the
+  mesh they run on."""
+
+  def __init__(self, task: tasks.Task, model, tx: optax.GradientTransformation, mesh: Mesh,
+               abstract: TrainState, num_classes: int, warmup_steps: int = 0):
+    self.task, self.method, self.config = task, task.method, task.config
+    self.model, self.tx, self.mesh = model, tx, mesh
     self.abstract, self.num_classes, self.warmup_steps = abstract, num_classes, warmup_steps
-    self.task = tasks.get_task(config)
-    self.train_bn = batch_norm_mode(config) == "train"
-    # Evaluation always uses BatchNorm's running statistics.
-    self.eval_model = (model.clone(backbone=model.backbone.clone(train_bn=False))
-                       if self.train_bn else model)
-    self.spec = get_backbone(config.model.backbone).input_spec
-    self.key = jax.random.PRNGKey(config.seed)
+    self.train_bn = batch_norm_mode(self.config) == "train"
+    self.embedder = Embedder(task, model, mesh)
+    self.spec = self.embedder.spec
+    self.key = jax.random.PRNGKey(self.config.seed)
     self._train = {}
     self._repl = replicated(mesh)
-    self.embed = jax.jit(self._embed, out_shardings=self._repl)
-    self.update_class_stats = jax.jit(self._update_class_stats, donate_argnums=0,
-                                      out_shardings=self._repl)
 
   @classmethod
   def build(cls, config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int,
             mesh: Mesh) -> Steps:
     """The model of ``config`` for ``num_classes`` training classes, its optimiser (schedules
     in units of ``steps_per_epoch``) and abstract state, replicated over ``mesh``."""
-    model = make_model(config, num_classes)
-    abstract, tx = abstract_state(config, model, num_classes, steps_per_epoch, replicated(mesh))
-    return cls(config, model, tx, mesh, abstract, num_classes,
+    task = tasks.get_task(config)
+    model = make_model(task, num_classes)
+    abstract, tx = abstract_state(task, model, num_classes, steps_per_epoch, replicated(mesh))
+    return cls(task, model, tx, mesh, abstract, num_classes,
                optim.warmup_steps(config, steps_per_epoch))
 
   def fresh_state(self, pretrained: bool = True) -> TrainState:
     """A freshly initialised state (pretrained backbone loaded), replicated on the mesh."""
-    return replicate(self.mesh, init_state(self.config, self.model, self.tx, self.num_classes,
+    return replicate(self.mesh, init_state(self.task, self.model, self.tx, self.num_classes,
                                            pretrained=pretrained))
+
+  def embed(self, state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
+    """:meth:`Embedder.embed` of ``state``."""
+    return self.embedder.embed(variables(state), images)
 
   def _apply(self, batch_stats, train_backbone: bool):
     def apply(model_params, images):
@@ -114,35 +142,35 @@ class Steps:
 
   def draws(self, step: jax.Array, batch_size: int) -> dict[str, jax.Array]:
     """The random draws of train step ``step`` (:func:`tasks.step_draws`)."""
-    return tasks.step_draws(self.config, jax.random.fold_in(self.key, step), batch_size)
+    return tasks.step_draws(self.task, jax.random.fold_in(self.key, step), batch_size)
 
-  def compiles(self, *, synthesize: bool, train_backbone: bool) -> bool:
+  def compiles(self, plan: methods.StepPlan, *, train_backbone: bool) -> bool:
     """Whether :meth:`train_step` compiles on this variant's next call (its first)."""
-    return (synthesize, train_backbone) not in self._train
+    return (plan.static, train_backbone) not in self._train
 
-  def train_step(self, state: TrainState, batch: dict, strength: float, *, synthesize: bool,
+  def train_step(self, state: TrainState, batch: dict, plan: methods.StepPlan, *,
                  train_backbone: bool) -> tuple[TrainState, dict]:
     """One optimiser step on a global batch.
 
     Args:
       state: the replicated train state (donated: do not reuse it).
       batch: ``image`` uint8 [B, H, W, 3] and ``label`` int [B], sharded over ``data``.
-      strength: IAA's ``lambda_e`` (a host number: :func:`iaa.strength_schedule`).
-      synthesize: IAA synthesis on this step.
+      plan: the method's plan for this step's epoch (:meth:`Method.plan`).
       train_backbone: gradients reach the backbone (:meth:`trains_backbone`).
     Returns:
       ``(new state, metrics)``: device scalars (``loss``, ``grad_norm`` and the task's).
-    Each ``(synthesize, train_backbone)`` variant compiles once.
+    Each ``(plan.static, train_backbone)`` variant compiles once.
     """
-    variant = (synthesize, train_backbone)
+    variant = (plan.static, train_backbone)
     if variant not in self._train:
-      fn = functools.partial(self._train_step, synthesize=synthesize,
+      fn = functools.partial(self._train_step, static=dict(plan.static),
                              train_backbone=train_backbone)
       self._train[variant] = jax.jit(fn, donate_argnums=0,
                                      out_shardings=(self._repl, self._repl))
-    return self._train[variant](state, batch, jnp.float32(strength))
+    scalars = {k: jnp.float32(v) for k, v in plan.scalars.items()}
+    return self._train[variant](state, batch, scalars)
 
-  def _train_step(self, state, batch, strength, *, synthesize, train_backbone):
+  def _train_step(self, state, batch, scalars, *, static, train_backbone):
     """The traced step: the step's draws, colour augmentation and normalisation, the task's
     loss and its gradient, one optimiser update (see :meth:`train_step`)."""
     draws = self.draws(state.step, batch["image"].shape[0])
@@ -151,10 +179,10 @@ class Steps:
       images = color_augment(images.astype(jnp.float32) / 255.0, draws["color"])
     images = normalize(images, self.spec)
     apply_fn = self._apply(state.batch_stats, train_backbone)
+    step = methods.MethodStep(state.carry, static, scalars)
 
     def loss_fn(params):
-      return self.task.loss(self.config, apply_fn, params, images, batch["label"], draws,
-                            state.class_stats, strength, synthesize)
+      return self.task.loss(apply_fn, params, images, batch["label"], draws, step)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     batch_stats = aux.pop("batch_stats", state.batch_stats)
@@ -163,22 +191,3 @@ class Steps:
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          batch_stats=batch_stats), metrics
-
-  def _embed(self, state, images) -> dict[str, jax.Array]:
-    """uint8 images [B, H, W, 3] -> ``uncertainty_norm`` [B] (0 without the head) and the
-    task's ``embed_outputs``: ``semantic`` [B, D] (retrieval) or plain ``logits`` [B, C]
-    (classification; with the ISM also ``introspective_logits`` [B, C])."""
-    out = self.eval_model.apply(
-        {"params": state.params["model"], "batch_stats": state.batch_stats},
-        normalize(images, self.spec))
-    unc = out.get("uncertainty")
-    norm = jnp.linalg.norm(unc, axis=-1) if unc is not None else jnp.zeros(images.shape[:1])
-    return {**{k: out[k] for k in self.task.embed_outputs if k in out}, "uncertainty_norm": norm}
-
-  def _update_class_stats(self, stats, embeddings, labels):
-    cfg = self.config.iaa
-    correct = neighbor_correction_on(self.config, stats.mean.shape[0])
-    kwargs = dict(num_neighbors=cfg.num_neighbors, beta=cfg.beta, tau=cfg.tau,
-                  gamma=cfg.gamma) if correct else {}
-    return iaa.update(stats, embeddings, labels, momentum=cfg.momentum, correct=correct,
-                      skip_singletons=cfg.skip_singletons, **kwargs)

@@ -1,0 +1,156 @@
+"""Which confidence knows when a retrieval is wrong, per set: the tables of "What ‖u‖ says".
+
+    python benchmarks/studies/realdata/run.py --data ~/realdata --network cnn --arrays ARRAYS \\
+        --sets icons,glyphs,glyphs_degraded,fonts --out uncertainty.jsonl      # the runs
+    python benchmarks/studies/realdata/uncertainty.py --arrays ARRAYS --data ~/realdata [--markdown]
+
+Reads the per-query figures each row saved (``run.py --arrays``) and, per set and row, over
+seeds (mean ± sd): Recall@1; the AURC and R-AUROC of IDML's ‖u‖, the nearest similarity, the
+top-1 − top-2 gap and ``combined`` (the fitted confidence, cross-fitted by class: what every
+evaluation computes, ``evaluation.selective_report``); ``combined − nearest`` paired over
+seeds (mean ± standard error); and which kind of set it is — η² (the share of the variance
+between test classes) of the misses and of ‖u‖, the within-class correlations of ‖u‖ and of
+−nearest with the misses. Where the set records what each image shows (``images.json`` of
+``make_sets.py``): Spearman(‖u‖, degradation level) and Recall@1 per level
+(``glyphs_degraded``), Spearman(‖u‖, ink) and Recall@1 per ink tercile (``fonts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+import scipy.stats
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from run import _class_share, _within_class_corr  # noqa: E402
+
+from idml_jax.evaluation import confidence_scores, selective_report  # noqa: E402
+
+SETS = ("icons", "glyphs", "glyphs_degraded", "fonts")
+ROWS = ("baseline-pa", "idml-pa", "baseline-ms", "idml-ms", "iaa-ms", "idml_iaa-ms")
+SCORES = ("uncertainty", "nearest", "gap", "combined")
+
+
+def study(arrays: dict, images: dict | None) -> dict:
+  """The figures of one run (``arrays``: its saved per-query figures; ``images``: the set's
+  ``images.json``, or None)."""
+  labels, failed = arrays["labels"], arrays["failed"].astype(bool)
+  has_u = "uncertainty_norm" in arrays
+  scores = confidence_scores(uncertainty_norm=arrays["uncertainty_norm"] if has_u else None,
+                             nearest_score=arrays["nearest_score"],
+                             second_score=arrays["second_score"])
+  scalars, _, undefined = selective_report(scores, ~failed, {"recall@1": ~failed}, labels)
+  miss = failed.astype(np.float64)
+  out = {"recall@1": float(1 - miss.mean()), "undefined": undefined,
+         **{k: v for k, v in scalars.items() if k.split("_")[0] in ("aurc", "rauroc")},
+         "eta2_miss": _class_share(miss, labels),
+         "corr_nn_miss_within": _within_class_corr(-arrays["nearest_score"], miss, labels)}
+  if has_u:
+    u = arrays["uncertainty_norm"].astype(np.float64)
+    out.update(eta2_u=_class_share(u, labels),
+               corr_u_miss_within=_within_class_corr(u, miss, labels),
+               u_zero=float(np.mean(u <= 1e-6)))
+  if images is not None:
+    info = [images[str(p)] for p in arrays["image"]]
+    for key in ("level", "ink"):
+      if key not in info[0]:
+        continue
+      v = np.asarray([i[key] for i in info], np.float64)
+      if has_u:
+        out[f"spearman_u_{key}"] = float(scipy.stats.spearmanr(u, v).statistic)
+      groups = v if key == "level" else np.digitize(v, np.quantile(v, [1 / 3, 2 / 3]))
+      out[f"recall@1_by_{key}"] = {int(g): float(1 - miss[groups == g].mean())
+                                   for g in np.unique(groups)}
+  return out
+
+
+def load(arrays_dir: str, data: str | None) -> dict[tuple[str, str], list[dict]]:
+  """``{(set, row): [study of each seed]}`` of every saved run (default variant, cnn)."""
+  images = {}
+  out = collections.defaultdict(list)
+  for path in sorted(glob.glob(os.path.join(arrays_dir, "*-default-cnn.npz"))):
+    set_name, method, loss, seed = os.path.basename(path).split("-")[:4]
+    if set_name not in images:
+      found = data and os.path.join(data, set_name, "images.json")
+      images[set_name] = json.load(open(found)) if found and os.path.exists(found) else None
+    with np.load(path) as z:
+      arrays = {k: z[k] for k in z.files}
+    out[(set_name, f"{method}-{loss}")].append({"seed": int(seed),
+                                                **study(arrays, images[set_name])})
+  return out
+
+
+def _ms(values, digits=3) -> str:
+  values = [v for v in values if v is not None and np.isfinite(v)]
+  if not values:
+    return "–"
+  sd = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def _paired(a, b) -> str:
+  """mean ± standard error of a − b over seeds, and how many seeds a is lower (AURC: better)."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  if len(d) < 2:
+    return "–"
+  return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f}"
+
+
+def table(runs: dict, set_name: str) -> str:
+  lines = [f"**{set_name}**", "",
+           "| row | seeds | R@1 | AURC ‖u‖ | nearest | gap | combined | combined − nearest | "
+           "R-AUROC ‖u‖ | nearest | gap | combined | η² miss | η² ‖u‖ | within-class corr "
+           "‖u‖ / −nearest with miss | ‖u‖ = 0 |", "|" + "---|" * 16]
+  for row in ROWS:
+    rs = runs.get((set_name, row))
+    if not rs:
+      continue
+    g = lambda k, rs=rs: [r.get(k) for r in rs]
+    idml = "uncertainty_norm" in row or "idml" in row
+    lines.append(
+        f"| {row} | {len(rs)} | {_ms(g('recall@1'))} | "
+        + " | ".join(_ms(g(f"aurc_{s}")) if s != "uncertainty" or idml else "–" for s in SCORES)
+        + f" | {_paired(g('aurc_combined'), g('aurc_nearest'))} | "
+        + " | ".join(_ms(g(f"rauroc_{s}")) if s != "uncertainty" or idml else "–"
+                     for s in SCORES)
+        + f" | {_ms(g('eta2_miss'), 2)} | {_ms(g('eta2_u'), 2) if idml else '–'} | "
+        + (f"{_ms(g('corr_u_miss_within'), 2)} / " if idml else "– / ")
+        + f"{_ms(g('corr_nn_miss_within'), 2)} | {_ms(g('u_zero'), 2) if idml else '–'} |")
+  extra = [(row, rs) for row in ROWS if (rs := runs.get((set_name, row)))
+           and any(k.startswith("recall@1_by_") for k in rs[0])]
+  if extra:
+    key = next(k for k in extra[0][1][0] if k.startswith("recall@1_by_"))
+    what = key.removeprefix("recall@1_by_")
+    groups = sorted(extra[0][1][0][key])
+    names = ([f"level {g}" for g in groups] if what == "level"
+             else ["ink: lowest third", "middle", "highest"])
+    lines += ["", f"| row | Spearman(‖u‖, {what}) | " + " | ".join(
+        f"R@1 {n}" for n in names) + " |", "|" + "---|" * (2 + len(groups))]
+    for row, rs in extra:
+      sp = [r.get(f"spearman_u_{what}") for r in rs]
+      lines.append(f"| {row} | {_ms(sp, 2) if sp[0] is not None else '–'} | " + " | ".join(
+          _ms([r[key][g] for r in rs]) for g in groups) + " |")
+  return "\n".join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--arrays", required=True)
+  p.add_argument("--data", default=os.path.expanduser("~/realdata"))
+  p.add_argument("--sets", default=",".join(SETS))
+  args = p.parse_args()
+  runs = load(args.arrays, args.data)
+  for set_name in args.sets.split(","):
+    print(table(runs, set_name), end="\n\n")
+
+
+if __name__ == "__main__":
+  main()
