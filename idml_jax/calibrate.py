@@ -11,10 +11,11 @@ is >= t, so ties never split):
 * ``combined`` (the default): one fitted confidence from the top-1 similarity, the top-1 −
   top-2 gap and ||u|| (:mod:`idml_jax.evaluation.confidence`: a logistic model on the
   standardised scores, fitted on every held-out query). The top-1 is a match when the
-  modelled probability that it is right is >= t_c; otherwise the query abstains. t_c is
-  chosen on the held-out queries' *cross-fitted* probabilities (folds by class: each query
-  scored by a model that never saw its class), so the held-out precision is not the fit's
-  own optimism. Where the model cannot be fitted (one class, no wrong or no right top-1,
+  modelled probability that it is right is >= t_c; otherwise the query abstains. The number
+  of queries to answer is chosen on the held-out queries' *cross-fitted* ordering (folds by
+  class: each query scored by weights that never saw its class), so the held-out precision
+  is not the fit's own optimism; t_c is the fitted model's probability that answers as many.
+  Where the model cannot be fitted (one class, no wrong or no right top-1,
   non-finite scores) calibration is refused, storing nothing.
 * ``similarity``: two separate rules, **match** when the top-1's cosine similarity s >= t and
   **answer** only when ||u|| <= t_u (IDML).
@@ -158,8 +159,12 @@ def calibrate_combined(top1_similarity: np.ndarray, top1_correct: np.ndarray,
     raise ValueError(f"The combined confidence cannot be fitted: {e} Use --rule=similarity, "
                      "or labelled queries of several classes with right and wrong top-1s."
                      ) from None
-  curves = {"combined": threshold_curve(1.0 / (1.0 + np.exp(-held)), correct),
-            "similarity": threshold_curve(top1_similarity, correct)}
+  # Precision and coverage as the cross-fitted ordering achieves them; each threshold the
+  # fitted model's probability that answers the same number of these queries.
+  curve = threshold_curve(held, correct)
+  answered = np.round(curve["coverage"] * len(correct)).astype(int)
+  curve["threshold"] = np.sort(model.probability(scores))[::-1][answered - 1]
+  curves = {"combined": curve, "similarity": threshold_curve(top1_similarity, correct)}
   i = choose_threshold(curves["combined"], target_precision, "combined confidence")
   heldout = {f"combined_{k}": float(v[i]) for k, v in curves["combined"].items()
              if k != "threshold"}

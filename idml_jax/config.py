@@ -155,7 +155,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1
   c.eval.ks = (1, 2, 4, 8)
-  c.eval.backend = "exact"
+  c.eval.backend = "rank_count"  # evaluation.RETRIEVAL_BACKENDS
   c.eval.nmi = True
   c.eval.kmeans = "jax"  # For NMI/F1: jax (scikit-learn's algorithm), jax_plain, sklearn.
   c.eval.batch_size = 128
@@ -230,7 +230,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   errors += [f"missing key {k!r}" for k in sorted(set(schema) - set(got))]
   for key, table in _CHOICES.items():
     if key in got and got[key] not in table:
-      errors.append(f"{key}: " + names.unknown("value", got[key], table))
+      renamed = evaluation.RENAMED_BACKENDS.get(got[key]) if key == "eval.backend" else None
+      errors.append(f"{key}: " + (f"{got[key]!r} was renamed: use {renamed!r}" if renamed else
+                                  names.unknown("value", got[key], table)))
   backbone = models.BACKBONES.get(got.get("model.backbone"))
   if backbone is not None:
     pools = models.VIT_POOLS if backbone.vit else models.POOLINGS

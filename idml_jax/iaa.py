@@ -120,7 +120,7 @@ def _masked_extremes(sq: jax.Array, valid: jax.Array, axis: int) -> tuple[jax.Ar
           jnp.max(jnp.where(valid, sq, -jnp.inf), axis=axis))
 
 
-def _normalise(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+def _min_max_scaled(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
   """Min-max normalised distances from squared ones (sqrt is monotonic). [b, k], [b], [b]."""
   lo, hi = jnp.sqrt(lo)[:, None], jnp.sqrt(hi)[:, None]
   span = hi - lo
@@ -130,7 +130,7 @@ def _normalise(sq_at: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
 def _neighbor_weights(counts_nbr, sq_m, lo_m, hi_m, sq_c, lo_c, hi_c, valid, sigma_mean,
                        sigma_cov):
   """``w_j = b_j exp(-Dm~²/(2 sm²) - Dcv~²/(2 scv²))`` of each row's K neighbors. [b, K]."""
-  dm, dc = _normalise(sq_m, lo_m, hi_m), _normalise(sq_c, lo_c, hi_c)
+  dm, dc = _min_max_scaled(sq_m, lo_m, hi_m), _min_max_scaled(sq_c, lo_c, hi_c)
   w = counts_nbr * jnp.exp(-jnp.square(dm) / (2 * sigma_mean**2)
                            - jnp.square(dc) / (2 * sigma_cov**2))
   return jnp.where(valid, w, 0.0)

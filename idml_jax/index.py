@@ -7,9 +7,9 @@
     matches = index.query(queries["semantic"], k=5, uncertainty_norm=queries["uncertainty_norm"])
 
 Search is cosine similarity over the L2-normalised gallery, with a back-end of
-``evaluation.SEARCH_BACKENDS``: ScaNN (``scann``: exact brute force; ``scann_ah``:
-partitioning + anisotropic quantisation + exact re-ordering) on CPU hosts, the exact JAX
-search (``jax``) tiled over queries × gallery on accelerators (``idml_jax.platform``).
+``evaluation.SEARCH_BACKENDS``: ``exact_host`` (ScaNN's brute force) on CPU hosts,
+``exact_device`` (JAX, tiled over queries × gallery) on accelerators (``idml_jax.platform``),
+or ``approximate`` (ScaNN's partitioning + anisotropic quantisation + exact re-ordering).
 ``query`` adds, per query, its uncertainty and — once :mod:`idml_jax.calibrate` has
 stored thresholds — a match / no_match / abstain decision with its reason. ``rerank=True``
 re-scores the top-k cosine neighbors with the pairwise introspective similarity (both
@@ -37,11 +37,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idml_jax import names as names_lib
 from idml_jax import platform, similarity
 from idml_jax.evaluation.confidence import ConfidenceModel
 from idml_jax.evaluation.inputs import check_finite
-from idml_jax.evaluation.knn import SEARCH_BACKENDS, drop_self, jax_search, scann_searcher
+from idml_jax.evaluation.knn import (
+    RENAMED_BACKENDS,
+    SEARCH_BACKENDS,
+    backend_name,
+    drop_self,
+    jax_search,
+    scann_searcher,
+)
 from idml_jax.ops import l2_normalize_np
 
 FORMAT = 1
@@ -240,8 +246,8 @@ class GalleryIndex:
     if self.uncertainty_norm is not None:
       check_finite(self.uncertainty_norm, "The gallery's uncertainties")
     self.max_k_requested = max_k
-    self.backend = backend or platform.defaults().search_backend
-    names_lib.lookup(SEARCH_BACKENDS, self.backend, "search back-end")
+    self.backend = backend_name(backend or platform.defaults().search_backend, SEARCH_BACKENDS,
+                                "search back-end")
     self.ism = {"a": 4.0, "b": 5.0, "semantic_distance": "raw", **(ism or {})}
     self.source = source or {}
     self.thresholds: Thresholds | None = None
@@ -261,8 +267,8 @@ class GalleryIndex:
     return len(self.names)
 
   def _build(self) -> None:
-    self._searcher = (None if self.backend == "jax" else scann_searcher(
-        self.embeddings, self.max_k, approximate=self.backend == "scann_ah"))
+    self._searcher = (None if self.backend == "exact_device" else scann_searcher(
+        self.embeddings, self.max_k, approximate=self.backend == "approximate"))
 
   def add(self, embeddings: np.ndarray, names=None, labels=None, uncertainty_norm=None) -> None:
     """Appends gallery items (the same model's embeddings; metadata as the gallery has it)
@@ -461,14 +467,14 @@ class GalleryIndex:
     self.uncertainty_norm = arrays.get("uncertainty_norm")
     self.max_k_requested = meta["max_k"]
     saved = "scann_ah" if meta.get("approximate") else meta["backend"]  # Older index.json.
-    self.backend = backend or saved
-    names_lib.lookup(SEARCH_BACKENDS, self.backend, "search back-end")
+    saved = RENAMED_BACKENDS.get(saved, saved)  # Saved under an earlier name.
+    self.backend = backend_name(backend or saved, SEARCH_BACKENDS, "search back-end")
     self.ism, self.source = meta["ism"], meta["source"]
     self.thresholds = (None if meta["thresholds"] is None
                        else Thresholds.from_dict(meta["thresholds"]))
     scann_dir = os.path.join(directory, "scann")
     self._searcher = None
-    if self.backend == saved != "jax" and os.path.isdir(scann_dir):
+    if self.backend == saved != "exact_device" and os.path.isdir(scann_dir):
       problem = _scann_problem(scann_dir, meta.get("scann_crc32"))
       if problem is None:
         try:

@@ -31,11 +31,11 @@ class PlatformDefaults:
 
 
 DEFAULTS = {
-    "cpu": PlatformDefaults(top_k_group=32, retrieval_block=4096, search_backend="scann",
+    "cpu": PlatformDefaults(top_k_group=32, retrieval_block=4096, search_backend="exact_host",
                             search_query_block=1024, search_gallery_block=None),
-    "gpu": PlatformDefaults(top_k_group=0, retrieval_block=16384, search_backend="jax",
+    "gpu": PlatformDefaults(top_k_group=0, retrieval_block=16384, search_backend="exact_device",
                             search_query_block=4096, search_gallery_block=262144),
-    "tpu": PlatformDefaults(top_k_group=0, retrieval_block=16384, search_backend="jax",
+    "tpu": PlatformDefaults(top_k_group=0, retrieval_block=16384, search_backend="exact_device",
                             search_query_block=4096, search_gallery_block=262144),
 }
 

@@ -23,6 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from idml_jax.evaluation import SEARCH_BACKENDS
+from idml_jax.evaluation.knn import backend_name
 from idml_jax.index import GalleryIndex, read_embeddings
 
 _GALLERY = flags.DEFINE_string("gallery", None, "Gallery .npz (from idml_jax.embed).")
@@ -34,9 +35,11 @@ _QUERIES = flags.DEFINE_string("queries", None, "Query .npz (default: the galler
 _K = flags.DEFINE_integer("k", 5, "Neighbors per query.")
 _RERANK = flags.DEFINE_bool("rerank", False, "Re-score the top-k with the pairwise "
                             "introspective similarity (IDML models).")
-_BACKEND = flags.DEFINE_enum("backend", None, list(SEARCH_BACKENDS), "Search back-end: scann "
-                             "(exact), scann_ah (partitioned + quantised, large galleries), jax "
-                             "(exact; default: scann on CPU hosts, jax on accelerators).")
+_BACKEND = flags.DEFINE_string("backend", None, f"Search back-end, one of "
+                               f"{', '.join(SEARCH_BACKENDS)}: exact_host (ScaNN brute force), "
+                               "exact_device (JAX), approximate (ScaNN partitioned + quantised, "
+                               "large galleries); default: exact_host on CPU hosts, "
+                               "exact_device on accelerators.")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
 
@@ -60,6 +63,8 @@ def main(argv):
     sys.exit("search: give --gallery=G.npz (from idml_jax.embed) or --index=DIR (a saved "
              "index), not both.")
   try:
+    if _BACKEND.value is not None:
+      backend_name(_BACKEND.value, SEARCH_BACKENDS, "search back-end")
     index = (GalleryIndex.load(_INDEX.value, backend=_BACKEND.value) if _INDEX.value
              else _gallery_index(_GALLERY.value))
     if _SAVE.value:

@@ -51,7 +51,7 @@ def introspective_similarity(semantic_a: jax.Array, uncertainty_a: jax.Array | N
 
   Inputs are used as given: the cosine ``s`` uses normalised copies, ``dmu`` the semantic
   embeddings exactly as passed (the caller decides whether they are normalised, see
-  ``idml.semantic_distance``), and ``du = ||u_a||² + ||u_b||²`` — ``||u_a||²`` when
+  ``ism.semantic_distance``), and ``du = ||u_a||² + ||u_b||²`` — ``||u_a||²`` when
   ``uncertainty_b`` is None (class proxies carry no uncertainty), plain cosine when both
   are None.
 

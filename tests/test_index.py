@@ -127,13 +127,13 @@ def _gallery(n=300, d=16, seed=0):
 def test_index_round_trip_keeps_neighbors_and_decisions(tmp_path):
   emb, labels, unc, names = _gallery()
   index = GalleryIndex(emb[:250], names[:250], labels[:250], unc[:250], max_k=20,
-                       backend="scann", source={"checkpoint": "ckpt/7"})
+                       backend="exact_host", source={"checkpoint": "ckpt/7"})
   index.thresholds = Thresholds(similarity=0.95, uncertainty=0.7)
   before = index.query(emb[250:], 5, unc[250:])
   assert set(before.decision) == {"match", "no_match", "abstain"}
   index.save(str(tmp_path / "idx"))
   os.rename(tmp_path / "idx", tmp_path / "moved")  # ScaNN's asset paths move with it.
-  for backend in (None, "jax"):
+  for backend in (None, "exact_device"):
     loaded = GalleryIndex.load(str(tmp_path / "moved"), backend=backend)
     after = loaded.query(emb[250:], 5, unc[250:])
     np.testing.assert_array_equal(after.indices, before.indices)
@@ -152,7 +152,7 @@ def test_index_round_trip_keeps_neighbors_and_decisions(tmp_path):
 
 def test_damaged_or_missing_indexes_are_refused(tmp_path):
   emb, labels, unc, names = _gallery(60)
-  GalleryIndex(emb, names, labels, unc, max_k=10, backend="scann").save(str(tmp_path / "i"))
+  GalleryIndex(emb, names, labels, unc, max_k=10, backend="exact_host").save(str(tmp_path / "i"))
   with pytest.raises(IndexFileError, match="holds no index"):
     GalleryIndex.load(str(tmp_path / "nothing"))
   path = tmp_path / "i" / "arrays.npz"
@@ -176,7 +176,8 @@ def test_search_backends_and_tiles_agree_with_brute_force():
     s, i = jax_search(q, g, 7, block_size=block, gallery_block=gallery_block)
     np.testing.assert_array_equal(i, want)
     np.testing.assert_allclose(s, np.take_along_axis(q @ g.T, want, 1), atol=1e-5)
-  results = [GalleryIndex(emb, max_k=10, backend=b).search(queries, 7) for b in ("scann", "jax")]
+  results = [GalleryIndex(emb, max_k=10, backend=b).search(queries, 7)
+             for b in ("exact_host", "exact_device")]
   np.testing.assert_array_equal(results[0][1], results[1][1])
   np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
 
@@ -190,7 +191,7 @@ def _naive_ism(q, uq, g, ug, a=4.0, b=5.0):
 @pytest.mark.parametrize("semantic_distance", ["raw", "normalized"])
 def test_rerank_scores_each_pair_with_the_ism(semantic_distance):
   emb, labels, unc, names = _gallery(80, 8, seed=4)
-  index = GalleryIndex(emb, names, labels, 3 * unc, max_k=10, backend="jax",
+  index = GalleryIndex(emb, names, labels, 3 * unc, max_k=10, backend="exact_device",
                        ism={"semantic_distance": semantic_distance})
   queries, q_unc = emb[:5] * 1.5, np.linspace(0.1, 4.0, 5)
   m = index.query(queries, 6, q_unc, rerank=True)
@@ -204,7 +205,7 @@ def test_rerank_scores_each_pair_with_the_ism(semantic_distance):
     assert np.all(np.diff(m.scores[qi]) <= 0)  # Re-ordered, best first.
   # Constant uncertainty with unit-norm dmu: the ISM is increasing in the cosine, so the
   # re-ranked order is the cosine order.
-  flat = GalleryIndex(emb, names, labels, np.ones(80), max_k=10, backend="jax",
+  flat = GalleryIndex(emb, names, labels, np.ones(80), max_k=10, backend="exact_device",
                       ism={"semantic_distance": "normalized"})
   np.testing.assert_array_equal(flat.query(queries, 6, np.ones(5), rerank=True).indices,
                                 flat.query(queries, 6).indices)
@@ -237,7 +238,7 @@ def test_save_calibrate_and_search_commands_abstain_and_say_why(tmp_path):
   assert "uncertainty threshold" in out.stdout and os.path.exists(f"{index}/calibration.png")
   meta = json.load(open(f"{index}/index.json"))
   t_u = meta["thresholds"]["uncertainty"]
-  loo = GalleryIndex(emb[:150], names[:150], labels[:150], unc[:150], backend="jax").query(
+  loo = GalleryIndex(emb[:150], names[:150], labels[:150], unc[:150], backend="exact_device").query(
       emb[:150], 1, unc[:150], exclude_self=True)  # The CLI's default: leave-one-out.
   want, _ = calibrate.calibrate(loo.scores[:, 0], loo.labels[:, 0] == labels[:150],
                                 unc[:150], target_precision=0.95)
@@ -262,7 +263,7 @@ def test_save_calibrate_and_search_commands_abstain_and_say_why(tmp_path):
 def test_add_validates_every_array_before_changing_anything(what):
   emb, labels, unc, names = _gallery()
   index = GalleryIndex(emb[:200], names[:200], labels[:200], unc[:200], max_k=10,
-                       backend="jax")
+                       backend="exact_device")
   new = {"names": names[200:210], "labels": labels[200:210], "uncertainty_norm": unc[200:210]}
   new[what] = new[what][:7]  # 7 entries for 10 embeddings.
   with pytest.raises(ValueError, match=f"{what} has 7 entries for 10 added embeddings"):
@@ -285,8 +286,8 @@ def _flip_middle(path):
 def test_damaged_scann_files_are_rebuilt_from_the_arrays(tmp_path, damage, caplog):
   emb, labels, unc, names = _gallery(200, seed=5)
   queries = emb[:30] + 0.05
-  GalleryIndex(emb, names, labels, unc, max_k=10, backend="scann").save(str(tmp_path / "i"))
-  want = GalleryIndex(emb, max_k=10, backend="jax").search(queries, 5)
+  GalleryIndex(emb, names, labels, unc, max_k=10, backend="exact_host").save(str(tmp_path / "i"))
+  want = GalleryIndex(emb, max_k=10, backend="exact_device").search(queries, 5)
   dataset = tmp_path / "i" / "scann" / "dataset.npy"
   if damage == "flipped":
     _flip_middle(dataset)
@@ -294,7 +295,7 @@ def test_damaged_scann_files_are_rebuilt_from_the_arrays(tmp_path, damage, caplo
     dataset.write_bytes(dataset.read_bytes()[:1000])
   else:  # Another gallery's ScaNN folder, same size, copied over this one's.
     other = np.random.default_rng(9).standard_normal(emb.shape).astype(np.float32)
-    GalleryIndex(other, max_k=10, backend="scann").save(str(tmp_path / "other"))
+    GalleryIndex(other, max_k=10, backend="exact_host").save(str(tmp_path / "other"))
     shutil.rmtree(tmp_path / "i" / "scann")
     shutil.copytree(tmp_path / "other" / "scann", tmp_path / "i" / "scann")
   with caplog.at_level("WARNING"):
@@ -307,7 +308,7 @@ def test_damaged_scann_files_are_rebuilt_from_the_arrays(tmp_path, damage, caplo
 
 def test_an_interrupted_save_is_recovered_from_dir_old(tmp_path, caplog):
   emb, labels, unc, names = _gallery(80)
-  GalleryIndex(emb, names, labels, unc, max_k=10, backend="scann").save(str(tmp_path / "i"))
+  GalleryIndex(emb, names, labels, unc, max_k=10, backend="exact_host").save(str(tmp_path / "i"))
   os.rename(tmp_path / "i", tmp_path / "i.old")  # Killed between the two renames of save().
   (tmp_path / "i.saving").mkdir()
   with caplog.at_level("WARNING"):
@@ -329,20 +330,22 @@ def _hard_gallery(n=400, seed=6):
 
 def test_combined_rule_reaches_the_target_on_cross_fitted_queries_and_answers_more():
   emb, labels, unc, names = _hard_gallery()
-  m = GalleryIndex(emb, names, labels, unc, backend="jax").query(emb, 2, unc, exclude_self=True)
+  m = GalleryIndex(emb, names, labels, unc, backend="exact_device").query(emb, 2, unc,
+                                                                         exclude_self=True)
   top1, second, correct = m.scores[:, 0], m.scores[:, 1], m.labels[:, 0] == labels
   th, curves = calibrate.calibrate_combined(top1, correct, labels, second, unc,
                                             target_precision=0.9)
   model = confidence.ConfidenceModel.from_dict(th.confidence)
   assert th.rule == "combined" and model.scores == ("nearest", "gap", "uncertainty")
   assert model.weights[2] > 0  # A lower ||u||: more likely right.
-  # The stored held-out precision is that of the cross-fitted probabilities, recounted.
+  # The stored held-out precision is that of the cross-fitted ordering at the stored coverage,
+  # recounted; t_c is the fitted model's probability that answers as many of these queries.
   scores = {"nearest": top1, "gap": top1 - second, "uncertainty": -unc}
-  p = 1 / (1 + np.exp(-confidence.cross_fitted(scores, correct, labels)))
-  kept = p >= th.combined
-  assert th.heldout["combined_precision"] == pytest.approx(correct[kept].mean())
-  assert th.heldout["combined_coverage"] == pytest.approx(kept.mean())
-  assert correct[kept].mean() >= 0.9
+  order = np.argsort(-confidence.cross_fitted(scores, correct, labels), kind="stable")
+  answered = int(round(th.heldout["combined_coverage"] * len(correct)))
+  assert th.heldout["combined_precision"] == pytest.approx(correct[order[:answered]].mean())
+  assert th.heldout["combined_precision"] >= 0.9
+  assert np.sum(model.probability(scores) >= th.combined) == answered
   # The similarity rule alone, at the same target, answers fewer queries.
   sim, _ = calibrate.calibrate(top1, correct, target_precision=0.9)
   assert th.heldout["combined_coverage"] > sim.heldout["similarity_coverage"]
@@ -404,3 +407,18 @@ def test_combined_calibrate_then_search_from_a_saved_index(tmp_path):
   assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
   assert out.stderr.startswith("calibrate: ")
   assert open(f"{index}/index.json").read() == before
+
+
+def test_an_index_saved_under_an_old_back_end_name_loads_and_old_names_are_refused(tmp_path):
+  emb, labels, unc, names = _gallery(60)
+  GalleryIndex(emb, names, labels, unc, max_k=10, backend="exact_host").save(str(tmp_path / "i"))
+  meta = json.load(open(tmp_path / "i" / "index.json"))
+  meta["backend"] = "scann"  # As an earlier version wrote it.
+  json.dump(meta, open(tmp_path / "i" / "index.json", "w"))
+  loaded = GalleryIndex.load(str(tmp_path / "i"))
+  assert loaded.backend == "exact_host" and loaded._searcher is not None
+  with pytest.raises(ValueError, match="'jax' was renamed: use 'exact_device'"):
+    GalleryIndex(emb, backend="jax")
+  out = _cli("idml_jax.search", f"--index={tmp_path / 'i'}", "--backend=scann_ah", "--k=2")
+  assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
+  assert "'scann_ah' was renamed: use 'approximate'" in out.stderr

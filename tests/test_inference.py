@@ -48,10 +48,10 @@ def test_embed_folder_matches_the_model_applied_directly(trained_workdir, image_
   images = np.stack([transforms.eval_transform(
       np.asarray(Image.open(image_folder / n).convert("RGB")), cfg.data.image_size,
       cfg.data.resize_size) for n in names])
-  params = jax.device_get(trained.state.params["model"])
-  out = trained.steps.eval_model.apply({"params": params,
-                                        "batch_stats": jax.device_get(trained.state.batch_stats)},
-                                       transforms.normalize(images, trained.steps.spec))
+  variables = jax.device_get(trained.variables)
+  out = trained.embedder.model.apply({"params": variables["params"]["model"],
+                                      "batch_stats": variables["batch_stats"]},
+                                     transforms.normalize(images, trained.embedder.spec))
   np.testing.assert_allclose(emb["semantic"], out["semantic"], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(emb["uncertainty_norm"],
                              np.linalg.norm(out["uncertainty"], axis=-1), rtol=1e-4)
@@ -70,7 +70,7 @@ def test_gallery_index_equals_brute_force(approximate):
   centers = rng.standard_normal((50, 24))
   gallery = centers[rng.integers(0, 50, 1500)] + 0.3 * rng.standard_normal((1500, 24))
   queries = centers[rng.integers(0, 50, 30)] + 0.3 * rng.standard_normal((30, 24))
-  index = GalleryIndex(gallery, max_k=10, backend="scann_ah" if approximate else "scann")
+  index = GalleryIndex(gallery, max_k=10, backend="approximate" if approximate else "exact_host")
   scores, idx = index.search(queries, 5)
   g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
   q = queries / np.linalg.norm(queries, axis=1, keepdims=True)

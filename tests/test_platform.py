@@ -13,11 +13,11 @@ from idml_jax.train.steps import Steps, make_mesh, to_global
 
 
 def test_defaults_are_chosen_by_the_backend():
-  assert platform.defaults("cpu").search_backend == "scann"
+  assert platform.defaults("cpu").search_backend == "exact_host"
   assert platform.defaults("cpu").top_k_group == 32
   for name in ("gpu", "tpu", "rocm"):  # Unknown accelerators get the GPU's.
     d = platform.defaults(name)
-    assert d.top_k_group == 0 and d.search_backend == "jax" and d.search_gallery_block
+    assert d.top_k_group == 0 and d.search_backend == "exact_device" and d.search_gallery_block
   assert platform.defaults() == platform.DEFAULTS[jax.default_backend()]
 
 
@@ -64,7 +64,7 @@ def test_evaluation_iaa_and_search_equal_on_the_gpu_defaults(monkeypatch):
   assert cpu[0] == gpu[0]
   np.testing.assert_array_equal(cpu[1], gpu[1])
   np.testing.assert_allclose(cpu[2], gpu[2], rtol=1e-6, atol=1e-7)
-  assert (cpu[3], gpu[3]) == ("scann", "jax")
+  assert (cpu[3], gpu[3]) == ("exact_host", "exact_device")
   np.testing.assert_array_equal(cpu[4][1], gpu[4][1])
   np.testing.assert_allclose(cpu[4][0], gpu[4][0], atol=1e-5)
 

@@ -1,5 +1,6 @@
-"""The README's promises that code can check: its API example runs, its difference table
-matches docs/algorithms.md's."""
+"""The README's promises that code can check: its API example runs; the differences from the
+official code are one table (docs/algorithms.md §4, which the README links) whose every
+switch is a config key."""
 
 import contextlib
 import io
@@ -28,11 +29,13 @@ def _table(text: str) -> list[str]:
   return [line for line in text[start:].splitlines() if line.startswith("|")]
 
 
-def test_the_difference_tables_agree_and_every_switch_is_a_config_key():
+def test_the_difference_table_is_written_once_and_every_switch_is_a_config_key():
   from idml_jax import config as config_lib
-  readme, docs = _table(_read("README.md")), _table(_read("docs/algorithms.md"))
-  assert readme == docs
+  assert "| method | default (paper)" not in _read("README.md")
+  assert "docs/algorithms.md#4-where-we-differ-from-the-official-code" in _read("README.md")
+  docs = _table(_read("docs/algorithms.md"))
   keys = config_lib.flatten(config_lib.default_config())
-  for row in readme[2:]:
+  assert len(docs) > 10
+  for row in docs[2:]:
     for switch in re.findall(r"`([a-z_.]+)=", row.split("|")[-2]):
       assert switch in keys, switch

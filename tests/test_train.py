@@ -274,6 +274,22 @@ def test_old_config_keys_refused_with_the_new_name(old, new):
     config_lib.validate(c)
 
 
+@pytest.mark.parametrize("old, new", [("exact", "rank_count"), ("jax", "exact_device"),
+                                      ("scann", "exact_host"), ("scann_ah", "approximate")])
+def test_old_back_end_names_are_refused_with_the_new_one_and_read_from_a_run(old, new):
+  c = config_lib.default_config()
+  c.eval.backend = old
+  with pytest.raises(ValueError, match=f"eval.backend: '{old}' was renamed: use '{new}'"):
+    config_lib.validate(c)
+  from idml_jax.evaluation import retrieval_metrics
+  with pytest.raises(ValueError, match=f"'{old}' was renamed: use '{new}'"):
+    retrieval_metrics(np.eye(4), np.arange(4) % 2, recall_ks=(1,), backend=old)
+  from idml_jax.train.run_record import read_config
+  recorded = config_lib.default_config().to_dict()
+  recorded["eval"]["backend"] = old  # A run.json of an earlier version: translated.
+  assert read_config(recorded).eval.backend == new
+
+
 @pytest.mark.parametrize("name, arg", [
     ("idml_pa.py", "cub"), ("idml_pa.py", "sop,tfds"), ("idml_pa.py", "cars,official"),
     ("iaa.py", "cub,ms"), ("iaa.py", "inshop,triplet,resnet50"), ("iaa.py", "sop,contrastive,idml"),

@@ -10,8 +10,9 @@ into a fresh workdir, ``--repeats`` times each way, timing:
   array on the loop's thread, then orbax's ``save`` call of the state dict, one orbax array
   per leaf (its blocking part: the device-to-host copy);
 * ``background``: today's ``Checkpoints.save`` — it returns once a device copy of the state
-  is dispatched; the saving thread fetches it, packs it (one array per dtype), computes the
-  checksums and lets orbax write;
+  is dispatched and handed to orbax's asynchronous save, whose thread runs the packed
+  handler (``idml_jax.train.packing.PackedHandler``: fetch, pack by dtype, checksums, one
+  raw file per dtype);
 
 and, for both, the time until the checkpoint is complete on disk (``wait``) and the CPU time
 the save takes in all (every thread of the process). Prints the medians.

@@ -5,7 +5,7 @@ Usage: python benchmarks/speed/bench_iaa.py [--dataset sop_train] [--repeats 3] 
 Baseline, measured in the same run: a straightforward NumPy port of the official code
 (a Python loop over classes for the merge; the two C×C distance matrices by NumPy
 matmul, i.e. OpenBLAS; a loop over classes for neighbors, weights and sums). The
-official PyTorch code takes ~7.7 s here (FACTS.md). Prints compile + first call and
+official PyTorch code takes ~7.7 s here (docs/facts.md). Prints compile + first call and
 steady-state medians, and the ratio to the baseline.
 """
 

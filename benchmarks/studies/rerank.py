@@ -50,7 +50,8 @@ def compare(semantic, uncertainty_norm, labels, k, semantic_distance) -> dict:
   if r_max > k:
     raise SystemExit(f"--k={k} is below the largest class's R={r_max}: MAP@R needs k >= R.")
   index = GalleryIndex(semantic, labels=labels, uncertainty_norm=uncertainty_norm,
-                       max_k=k + 1, backend="jax", ism={"semantic_distance": semantic_distance})
+                       max_k=k + 1, backend="exact_device",
+                       ism={"semantic_distance": semantic_distance})
   cos = index.query(semantic, k, exclude_self=True)
   ism = index.query(semantic, k, uncertainty_norm, rerank=True, exclude_self=True)
   out = {"cosine": ranked_metrics(cos.labels, labels), "ism": ranked_metrics(ism.labels, labels)}

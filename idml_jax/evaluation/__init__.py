@@ -9,7 +9,7 @@ floats (``query_ranks`` returns the per-query outcome they are computed from).
 from idml_jax.evaluation.classification import classification_metrics, true_class_rank
 from idml_jax.evaluation.clustering import KMEANS_BACKENDS, clustering_metrics, kmeans, pairwise_f1
 from idml_jax.evaluation.inputs import NonFiniteEmbeddingsError
-from idml_jax.evaluation.knn import SEARCH_BACKENDS, get_search
+from idml_jax.evaluation.knn import RENAMED_BACKENDS, SEARCH_BACKENDS, get_search
 from idml_jax.evaluation.retrieval import (
     RETRIEVAL_BACKENDS,
     QueryRanks,
@@ -29,6 +29,7 @@ from idml_jax.evaluation.uncertainty import uncertainty_report
 
 __all__ = [
     "KMEANS_BACKENDS",
+    "RENAMED_BACKENDS",
     "RETRIEVAL_BACKENDS",
     "SEARCH_BACKENDS",
     "NonFiniteEmbeddingsError",

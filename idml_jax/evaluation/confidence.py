@@ -1,15 +1,24 @@
 """One fitted confidence from a run's scores: how likely is a query's top-1 to be right?
 
 Each score alone (the nearest similarity, the top-1 − top-2 gap, IDML's −‖u‖) is right on
-some data and wrong on other data (BENCHMARKS.md, "What ‖u‖ says"). :func:`fit` learns, on
-labelled queries, a logistic model of "the top-1 is right" on the standardised scores; its
-log-odds are the ``combined`` confidence. Where a score carries nothing the model gives it a
-weight near 0, so ``combined`` follows the best of its inputs.
+some data and wrong on other data (BENCHMARKS.md, "Which confidence knows when the top-1 is
+wrong"). :func:`fit` learns, on labelled queries, a logistic model of "the top-1 is right" on
+the standardised scores; its log-odds are the ``combined`` confidence.
+
+The model's prior is the nearest-similarity rule: the L2 penalty pulls the weights towards
+``PRIOR_WEIGHTS`` (1 on ``nearest``, 0 on the others), with a strength of ``PRIOR_STRENGTH``
+per labelled query. How a score relates to the errors changes from class to class, and a
+model is fitted on some classes and used on others, so a weight earns its place only where
+the evidence holds across classes: where no score helps, ``combined`` ranks as the nearest
+similarity does; where ‖u‖ or the gap knows more, it follows them.
 
 Evaluation scores every test query with a model that saw neither its label nor its class
 (:func:`cross_fitted`): the queries are split into folds *by class* (scikit-learn's
-``GroupKFold``), and each fold is scored by the model fitted on the others. ``calibrate``
-fits one model on all its held-out queries and stores it in the index
+``GroupKFold``), each fold is scored by the weights fitted on the others, on scores
+standardised over all queries (their values only: no label, no class), without the fitted
+intercept (a fold's intercept is the other folds' base rate, which says nothing about the
+order of this fold's queries and, pooled, would order the folds against their own error
+rates). ``calibrate`` fits one model on all its held-out queries and stores it in the index
 (:class:`ConfidenceModel`).
 
 Degenerate data is refused with the reason (:class:`ConfidenceError`): no right or no wrong
@@ -22,10 +31,17 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import scipy.optimize
 
 FOLDS = 5
-# L2 strength of the logistic model (scikit-learn's C, on standardised scores).
-REGULARISATION = 1.0
+# The prior's pull towards PRIOR_WEIGHTS, per labelled query (BENCHMARKS.md, "Which confidence
+# knows when the top-1 is wrong": chosen on one seed of four real sets, held on four others).
+PRIOR_STRENGTH = 0.05
+
+
+def prior_weights(names) -> np.ndarray:
+  """[S] the prior weight of each standardised score: the nearest-similarity rule."""
+  return np.asarray([1.0 if n == "nearest" else 0.0 for n in names])
 
 
 class ConfidenceError(ValueError):
@@ -52,8 +68,8 @@ class ConfidenceModel:
   def log_odds(self, scores: dict[str, np.ndarray]) -> np.ndarray:
     """``{name: [N]}`` (at least :attr:`scores`) -> [N] the log-odds that the top-1 is right
     (the ``combined`` confidence; higher = more confident)."""
-    x = _matrix(scores, self.scores)
-    return ((x - self.mean) / self.scale) @ self.weights + self.bias
+    return standardise(_matrix(scores, self.scores), self.mean, self.scale) @ self.weights \
+        + self.bias
 
   def probability(self, scores: dict[str, np.ndarray]) -> np.ndarray:
     """[N] the modelled probability that the top-1 is right."""
@@ -83,28 +99,62 @@ def _matrix(scores: dict[str, np.ndarray], names) -> np.ndarray:
   return x
 
 
-def fit(scores: dict[str, np.ndarray], correct: np.ndarray) -> ConfidenceModel:
-  """The logistic model of ``correct`` [N] (bool: the top-1 is right) on every score of
-  ``scores`` (``{name: [N]}``, higher = more confident), standardised (a constant score gets
-  scale 1, so it weighs nothing)."""
-  from sklearn.linear_model import LogisticRegression
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``(mean [S], scale [S])`` of ``x`` [N, S]; a constant column gets scale 1."""
+  scale = x.std(axis=0)
+  return x.mean(axis=0), np.where(scale > 0, scale, 1.0)
 
+
+def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+  return (x - mean) / scale
+
+
+def _check_outcomes(correct: np.ndarray, n: int) -> np.ndarray:
+  y = np.asarray(correct, bool)
+  if y.shape != (n,):
+    raise ConfidenceError(f"correct must be [{n}] like the scores; got {y.shape}.")
+  if y.all() or not y.any():
+    raise ConfidenceError(f"{'Every' if y.all() else 'No'} top-1 is right in the {len(y)} "
+                          "labelled queries: there is nothing to tell apart.")
+  return y
+
+
+def logistic_weights(z: np.ndarray, y: np.ndarray, prior: np.ndarray,
+                     strength: float = PRIOR_STRENGTH) -> tuple[np.ndarray, float]:
+  """``(weights [S], intercept)`` minimising the log-loss of ``y`` [N] (bool) on ``z`` [N, S]
+  plus ``strength · N / 2 · ||weights − prior||²`` (the intercept is not penalised), solved to
+  its optimum (L-BFGS on the exact gradient: the same weights on every machine)."""
+  n, d = z.shape
+  t_y = y.astype(np.float64)
+  penalty = strength * n
+
+  def objective(p):
+    w, b = p[:d], p[d]
+    t = z @ w + b
+    s = 1.0 / (1.0 + np.exp(-t))
+    loss = np.sum(np.logaddexp(0.0, t) - t_y * t) + 0.5 * penalty * np.sum((w - prior) ** 2)
+    grad = np.concatenate([z.T @ (s - t_y) + penalty * (w - prior), [np.sum(s - t_y)]])
+    return loss, grad
+
+  start = np.concatenate([prior, [np.log(t_y.mean() / (1 - t_y.mean()))]])
+  result = scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B",
+                                   options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 10_000})
+  return result.x[:d], float(result.x[d])
+
+
+def fit(scores: dict[str, np.ndarray], correct: np.ndarray,
+        strength: float = PRIOR_STRENGTH) -> ConfidenceModel:
+  """The logistic model of ``correct`` [N] (bool: the top-1 is right) on every score of
+  ``scores`` (``{name: [N]}``, higher = more confident), standardised, with the
+  nearest-similarity prior of ``strength`` (module doc)."""
   names = tuple(scores)
   if not names:
     raise ConfidenceError("No confidence score to fit.")
   x = _matrix(scores, names)
-  y = np.asarray(correct, bool)
-  if y.shape != (len(x),):
-    raise ConfidenceError(f"correct must be [{len(x)}] like the scores; got {y.shape}.")
-  if y.all() or not y.any():
-    raise ConfidenceError(f"{'Every' if y.all() else 'No'} top-1 is right in the {len(y)} "
-                          "labelled queries: there is nothing to tell apart.")
-  mean, scale = x.mean(axis=0), x.std(axis=0)
-  scale = np.where(scale > 0, scale, 1.0)
-  model = LogisticRegression(C=REGULARISATION, tol=1e-10, max_iter=10_000).fit(
-      (x - mean) / scale, y)  # Solved to its optimum: the same model on every machine.
-  return ConfidenceModel(names, mean, scale, model.coef_[0].astype(np.float64),
-                         float(model.intercept_[0]))
+  y = _check_outcomes(correct, len(x))
+  mean, scale = standardisation(x)
+  w, b = logistic_weights(standardise(x, mean, scale), y, prior_weights(names), strength)
+  return ConfidenceModel(names, mean, scale, w, b)
 
 
 def class_folds(groups: np.ndarray, folds: int = FOLDS) -> np.ndarray:
@@ -124,18 +174,22 @@ def class_folds(groups: np.ndarray, folds: int = FOLDS) -> np.ndarray:
 
 
 def cross_fitted(scores: dict[str, np.ndarray], correct: np.ndarray, groups: np.ndarray,
-                 folds: int = FOLDS) -> np.ndarray:
-  """[N] the ``combined`` confidence of each query, from the model fitted on the other folds
-  (:func:`class_folds`): no query is scored by a model that saw its label or its class.
-  Raises :class:`ConfidenceError` where a fold's model cannot be fitted."""
+                 folds: int = FOLDS, strength: float = PRIOR_STRENGTH) -> np.ndarray:
+  """[N] the ``combined`` confidence of each query, from the weights fitted on the other folds
+  (:func:`class_folds`; module doc): no query is scored by a model that saw its label or its
+  class. Raises :class:`ConfidenceError` where a fold's model cannot be fitted."""
+  names = tuple(scores)
+  x = _matrix(scores, names)
+  y = np.asarray(correct, bool)
+  z = standardise(x, *standardisation(x))
   fold = class_folds(groups, folds)
   out = np.empty(len(fold), np.float64)
   for k in range(fold.max() + 1):
     held = fold == k
     try:
-      model = fit({n: np.asarray(s)[~held] for n, s in scores.items()},
-                  np.asarray(correct)[~held])
+      train = _check_outcomes(y[~held], int((~held).sum()))
     except ConfidenceError as e:
       raise ConfidenceError(f"Fold {k + 1} of {fold.max() + 1} (classes held out): {e}") from None
-    out[held] = model.log_odds({n: np.asarray(s)[held] for n, s in scores.items()})
+    w, _ = logistic_weights(z[~held], train, prior_weights(names), strength)
+    out[held] = z[held] @ w
   return out

@@ -164,12 +164,28 @@ def scann_ah_search(queries: np.ndarray, database: np.ndarray, k: int,
   return _scann_search(queries, database, k, exclude_self, approximate=True)
 
 
+# Named for what they are: exact on the device (JAX), exact on the host (ScaNN's brute force),
+# approximate (ScaNN's partitioning + quantisation).
 SEARCH_BACKENDS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
-    "jax": jax_search,
-    "scann": scann_search,
-    "scann_ah": scann_ah_search,
+    "exact_device": jax_search,
+    "exact_host": scann_search,
+    "approximate": scann_ah_search,
 }
+# Back-end names of earlier versions -> today's (refused as arguments, naming the new one;
+# translated where a saved index or run records them).
+RENAMED_BACKENDS = {"exact": "rank_count", "jax": "exact_device", "scann": "exact_host",
+                    "scann_ah": "approximate"}
+
+
+def backend_name(name: str, table, what: str) -> str:
+  """``name`` if ``table`` has it; an earlier name is refused with today's, any other with
+  the valid ones (ValueError, one line)."""
+  if name in RENAMED_BACKENDS and name not in table:
+    raise ValueError(f"The {what} {name!r} was renamed: use {RENAMED_BACKENDS[name]!r}.")
+  if name not in table:
+    raise ValueError(names.unknown(what, name, table))
+  return name
 
 
 def get_search(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-  return names.lookup(SEARCH_BACKENDS, name, "kNN back-end")
+  return SEARCH_BACKENDS[backend_name(name, SEARCH_BACKENDS, "kNN back-end")]

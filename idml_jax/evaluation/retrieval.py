@@ -20,10 +20,13 @@ chance-level recall, never a perfect score.
 
 Back-ends (``backend``), one interface:
 
-* ``exact`` (default): no top-k at all. Each relevant item's rank is the number of gallery
-  items that beat it, counted block by block over the similarity matrix in JAX (symmetric
-  blocks computed once in all-vs-all mode); Recall@1000 costs no more than Recall@1.
-* ``jax``, ``scann``, ``scann_ah``: a kNN search (:mod:`idml_jax.evaluation.knn`) for
+* ``rank_count`` (default): exact, with no top-k at all. Each relevant item's rank is the
+  number of gallery items that beat it, counted block by block over the similarity matrix in
+  JAX (symmetric blocks computed once in all-vs-all mode); Recall@1000 costs no more than
+  Recall@1.
+* ``exact_device``, ``exact_host``, ``approximate``: a kNN search
+  (:mod:`idml_jax.evaluation.knn`: exact in JAX, exact brute force in ScaNN, ScaNN's
+  partitioning + quantisation) for
   ``max(max K, largest R)`` neighbors (one more, to see the cut), near-tied runs of the
   list put in index order, ranks read off it. Where a near-tie (repeated embeddings
   included) straddles the cut, which a neighbor list cannot resolve, the exact path is used.
@@ -48,7 +51,7 @@ from idml_jax.evaluation import knn
 from idml_jax.evaluation.inputs import check_embeddings
 from idml_jax.ops import l2_normalize_np, top_k_candidates
 
-RETRIEVAL_BACKENDS = ("exact",) + tuple(knn.SEARCH_BACKENDS)
+RETRIEVAL_BACKENDS = ("rank_count",) + tuple(knn.SEARCH_BACKENDS)
 NO_RANK = np.iinfo(np.int32).max  # Rank of a relevant item that does not exist.
 # Scores closer than this are tied (module doc): eight float32 ulps at 1, below what a
 # float32 dot product of unit vectors resolves.
@@ -378,7 +381,7 @@ def _knn_ranks(query, query_labels, gallery, gallery_labels, max_k: int,
 
 def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray | None = None,
                 gallery_labels: np.ndarray | None = None, *, max_k: int = 1,
-                backend: str = "exact", block_size: int | None = None) -> QueryRanks:
+                backend: str = "rank_count", block_size: int | None = None) -> QueryRanks:
   """Per-query ranks of the relevant items of cosine retrieval (embeddings normalised here).
 
   Args:
@@ -390,8 +393,7 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
     block_size: the exact back-end's square block (default: ``idml_jax.platform``'s;
       any size gives the same ranks).
   """
-  if backend not in RETRIEVAL_BACKENDS:
-    raise ValueError(f"Unknown retrieval backend {backend!r}; valid: {RETRIEVAL_BACKENDS}.")
+  knn.backend_name(backend, RETRIEVAL_BACKENDS, "retrieval back-end")
   query, query_labels = check_embeddings(query, query_labels, "query")
   all_vs_all = gallery is None
   if not all_vs_all:
@@ -406,7 +408,7 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
                      f"{n_gallery}. Use smaller ks.")
   query = l2_normalize_np(query)
   gallery = None if all_vs_all else l2_normalize_np(gallery)
-  if backend != "exact":
+  if backend != "rank_count":
     ranks = _knn_ranks(query, query_labels, gallery, gallery_labels, max_k, backend)
     if ranks is not None:
       return ranks
@@ -417,7 +419,7 @@ def query_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(1, 2, 4, 8),
-                      backend: str = "exact",
+                      backend: str = "rank_count",
                       block_size: int | None = None) -> dict[str, float]:
   """All-vs-all ``recall@K`` (K in ``recall_ks``), ``r_precision`` and ``map@r`` of
   embeddings [N, D] with labels [N], each query excluded from its own neighbors."""
@@ -427,7 +429,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(
 
 def query_gallery_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
                           gallery_labels: np.ndarray, *, recall_ks=(1, 10, 20, 30),
-                          backend: str = "exact",
+                          backend: str = "rank_count",
                           block_size: int | None = None) -> dict[str, float]:
   """In-Shop style: queries [Q, D] against a separate gallery [N, D]; ``recall@K``,
   ``r_precision``, ``map@r``."""

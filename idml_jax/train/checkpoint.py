@@ -15,8 +15,7 @@ are translated (``renamed``: the method's :attr:`Method.renamed_paths`).
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
+import json
 import logging
 import time
 
@@ -54,24 +53,23 @@ def _snapshot(state) -> dict:
 class Checkpoints:
   """The latest checkpoints (for resume) and the best one, verified on restore.
 
-  :meth:`save` and :meth:`save_best` return at once: a saving thread computes the checksums
-  and writes, in order, while training goes on (at most ``max_pending`` saves in flight,
-  each holding a device copy of the state). A failed save raises at the next save or at
+  :meth:`save` and :meth:`save_best` return once a device copy of the state is dispatched
+  and handed to orbax, whose asynchronous save packs, checksums and writes it on its own
+  thread (:class:`packing.PackedHandler`) and renames it into place when complete; a new save
+  of the same kind waits for the one before it. A failed save raises at the next save or at
   :meth:`wait`.
   """
 
-  def __init__(self, workdir: Workdir, max_to_keep: int = 2, max_pending: int = 2,
+  def __init__(self, workdir: Workdir, max_to_keep: int = 2,
                renamed: dict[str, str | None] | None = None):
     self.workdir = workdir
     self.renamed = renamed or {}
-    self.latest = ocp.CheckpointManager(
-        workdir.checkpoints, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                                  create=True))
-    self.best = ocp.CheckpointManager(
-        workdir.best, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-    self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
-    self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
-    self._max_pending = max_pending
+    options = lambda keep: ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                        enable_async_checkpointing=True)
+    self.latest = ocp.CheckpointManager(workdir.checkpoints, options=options(max_to_keep))
+    self.best = ocp.CheckpointManager(workdir.best, options=options(1))
+    self._best_metrics = None  # Written to best/metrics.json once its checkpoint is complete.
+    self._error: BaseException | None = None  # A failed save, seen while settling.
 
   def latest_step(self) -> int | None:
     """The newest complete latest checkpoint (saves in flight are waited for first)."""
@@ -79,47 +77,48 @@ class Checkpoints:
     return self.latest.latest_step()
 
   def _settle(self) -> None:
-    """Waits for the saves in flight, without raising their errors (:meth:`wait` does)."""
-    concurrent.futures.wait(self._pending)
+    """Waits for the saves in flight; a failure is kept for :meth:`wait` and the next save."""
+    for mngr in (self.latest, self.best):
+      try:
+        mngr.wait_until_finished()
+      except Exception as e:  # noqa: BLE001  Raised again by the next save or wait().
+        self._error = self._error or e
+    self._write_best_metrics()
 
-  def _submit(self, job, *args) -> None:
-    while self._pending and (self._pending[0].done()
-                             or len(self._pending) >= self._max_pending):
-      self._pending.popleft().result()  # Raises a failed save's error.
-    self._pending.append(self._saver.submit(job, *args))
+  def _raise_failed(self) -> None:
+    error, self._error = self._error, None
+    if error is not None:
+      raise error
 
-  @staticmethod
-  def _write(mngr: ocp.CheckpointManager, arrays: dict, step: int, meta: dict) -> None:
-    """(On the saving thread.) Checksums, then orbax's save of ``arrays`` (a flat state dict)
-    packed, at ``step``."""
-    leaves = packing.to_host(arrays)
-    packed, manifest = packing.pack(leaves)
-    meta = {"step": step, "layout": packing.LAYOUT, "arrays": manifest,
-            "checksums": packing.checksums(leaves), **meta}
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(packed),
-                                            meta=ocp.args.JsonSave(meta)), force=True)
+  def _write_best_metrics(self) -> None:
+    """``best/metrics.json`` of the best checkpoint, once that is complete."""
+    if self._best_metrics is not None and not self.best.is_saving_in_progress():
+      metrics, self._best_metrics = self._best_metrics, None
+      if self.best.latest_step() == metrics["step"] and is_main_process():
+        write_json(self.workdir.best_metrics_file, metrics)
 
   def save(self, state, step: int) -> None:
     """Saves ``state`` at ``step`` in the background (:meth:`wait` for it)."""
-    self._submit(self._write, self.latest, _snapshot(state), step, {})
+    self._raise_failed()
+    self._write_best_metrics()
+    self.latest.save(step, args=packing.save_args(_snapshot(state), {"step": step}), force=True)
 
   def save_best(self, state, step: int, metrics: dict) -> None:
     """Saves the best checkpoint with its ``metrics`` (``{"step": step, ...}``, also written
     to ``best/metrics.json`` once the checkpoint is complete), in the background. A best
     checkpoint at or after ``step`` belongs to a run being replayed from an earlier
     checkpoint: it is replaced."""
+    self._raise_failed()
     metrics = {"step": step, **metrics}
-
-    def job(arrays):
-      for old in self.best.all_steps():
-        if old >= step:
-          self.best.delete(old)
-      self._write(self.best, arrays, step, {"metrics": metrics})
-      self.best.wait_until_finished()
-      if is_main_process():
-        write_json(self.workdir.best_metrics_file, metrics)
-
-    self._submit(job, _snapshot(state))
+    self.best.wait_until_finished()
+    self._write_best_metrics()
+    for old in self.best.all_steps():
+      if old >= step:
+        self.best.delete(old)
+    self.best.save(step, args=packing.save_args(_snapshot(state), {"step": step,
+                                                                    "metrics": metrics}),
+                   force=True)
+    self._best_metrics = metrics
 
   def best_metrics(self) -> dict | None:
     """The best checkpoint's metrics: ``best/metrics.json``, or (when that file is missing or
@@ -131,12 +130,19 @@ class Checkpoints:
     saved = read_json(self.workdir.best_metrics_file, "best/metrics.json")
     if saved is not None and saved.get("step") == step:
       return saved
-    metrics = self.best.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]["metrics"]
+    metrics = self._meta(self.best, step)["metrics"]
     if is_main_process():
       write_json(self.workdir.best_metrics_file, metrics)
     logging.warning("Recovered best/metrics.json from the best checkpoint (step %d).", step)
     return metrics
+
+  @staticmethod
+  def _meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON metadata of checkpoint ``step`` (its manifest, checksums, metrics)."""
+    folder = epath.Path(mngr.directory) / str(step)
+    if (folder / "packed").exists():
+      return json.loads((folder / "packed" / "meta.json").read_text())
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore(self, abstract_state, *, best: bool = False, subset: bool = False):
     """``(state, step)``: the newest checkpoint (best or latest) that restores and verifies,
@@ -179,6 +185,11 @@ class Checkpoints:
   def _read(mngr: ocp.CheckpointManager, step: int) -> tuple[dict[str, np.ndarray], str | None]:
     """``({path: host array}, None)`` of checkpoint ``step`` as it was saved, or ``(…, what
     is wrong)`` when its arrays do not match their checksums or are not finite."""
+    if (epath.Path(mngr.directory) / str(step) / "packed").exists():
+      saved = mngr.restore(step, args=ocp.args.Composite(packed=packing.PackedRestore()))
+      leaves, meta = saved["packed"]["leaves"], saved["packed"]["meta"]
+      return leaves, packing.verify(leaves, meta["checksums"])
+    # Layouts of earlier versions: orbax arrays packed by dtype, or one per leaf.
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if meta.get("layout") == packing.LAYOUT:
       everywhere = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("all",)),
@@ -188,7 +199,7 @@ class Checkpoints:
       packed = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))["state"]
       leaves = packing.unpack(packing.to_host(packed), meta["arrays"])
-    else:  # One orbax array per leaf: written before the packed layout.
+    else:
       state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
       leaves = packing.to_host(packing.arrays(state["state"]))
     return leaves, packing.verify(leaves, meta["checksums"])
@@ -206,13 +217,10 @@ class Checkpoints:
 
   def wait(self) -> None:
     """Waits for every save to be complete on disk; raises the first failed one's error."""
-    while self._pending:
-      self._pending.popleft().result()
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    self._settle()
+    self._raise_failed()
 
   def close(self) -> None:
     self._settle()
-    self._saver.shutdown()
     self.latest.close()
     self.best.close()

@@ -1,19 +1,27 @@
-"""What a checkpoint stores of a train state: its arrays by path, packed, with checksums.
+"""What a checkpoint stores of a train state: its arrays by path, packed, with checksums, as
+an orbax handler (:class:`PackedHandler`).
 
-orbax costs ~1.5 ms of Python per array and save (0.23 s of CPU for the demo's 161 arrays;
-with 2 arrays, 0.03 s: BENCHMARKS.md, "Training"), so a checkpoint holds one array per dtype:
-the state's arrays raveled and concatenated in the order of the manifest, a list of
-``[path, dtype, shape]`` stored in the checkpoint's metadata with ``"layout": LAYOUT``. The
-train state is replicated (data parallel): each process has all of it, and process 0 writes
-it. Checkpoints written before (one orbax array per leaf, no ``"layout"``) still restore
-(:meth:`idml_jax.train.checkpoint.Checkpoints.restore`).
-
-Every array also has a CRC-32, recomputed on restore (:func:`verify`).
+orbax costs ~1.5 ms of Python per array and save through its array handlers (0.23 s of CPU
+for the demo's ~160 arrays: BENCHMARKS.md, "Training"; orbax's own performance guide says
+per-parameter saving "performs poorly for models with many distinct arrays"), so a
+checkpoint holds one raw file per dtype: the state's arrays raveled and concatenated in the
+order of the manifest, a list of ``[path, dtype, shape]`` stored in the checkpoint's
+``meta.json`` with every array's CRC-32 (recomputed on restore: :func:`verify`). The handler
+runs inside orbax's asynchronous save, so the packing and the checksums happen on orbax's
+thread, off the train loop: the demo's save costs 17 ms of CPU this way, against 27 ms when a
+thread of our own packed the state and handed it to orbax's array handler (BENCHMARKS.md).
+The train state is replicated (data parallel): each process has all of it, and process 0
+writes it. Checkpoints written before still restore
+(:meth:`idml_jax.train.checkpoint.Checkpoints.restore`): orbax arrays packed by dtype
+(``LAYOUT``), or one per leaf.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import dataclasses
+import json
 import math
 import zlib
 
@@ -21,8 +29,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 
-LAYOUT = "packed"
+LAYOUT = "packed"  # Checkpoints of the previous version: orbax arrays, one per dtype.
 
 
 def flat(state_dict) -> dict:
@@ -134,3 +144,82 @@ def placed(host: np.ndarray, like) -> jax.Array:
   if sharding is None:
     return jnp.asarray(host)
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+# ----------------------------------------------------------------------------- orbax handler
+LAYOUT_FILES = "packed-files"  # The handler's layout: raw files, no TensorStore.
+
+
+@dataclasses.dataclass
+class _PackedItem:
+  arrays: dict  # {path: jax.Array or np.ndarray}: the flat state (a device copy of it).
+  meta: dict  # JSON-able: stored beside the manifest and the checksums.
+
+
+class PackedHandler(ocp.AsyncCheckpointHandler):
+  """The packed layout as an orbax handler (``CheckpointManager`` saves it asynchronously:
+  ``async_save`` returns a commit future at once; orbax runs it on its own thread and renames
+  the checkpoint into place when it is complete).
+
+  The future fetches the arrays to the host, packs them (:func:`pack`), computes their
+  checksums, and writes one raw file per dtype (``<dtype>.bin``) and ``meta.json`` (the
+  layout, the manifest, the checksums and the caller's ``meta``). Process 0 writes: the
+  state is replicated. :meth:`restore` returns ``{"leaves": {path: host array}, "meta": ...}``
+  as saved; a file of the wrong size is refused (a truncated or damaged checkpoint).
+  """
+
+  def __init__(self):
+    self._primary = jax.process_index() == 0
+
+  async def _write(self, directory: epath.Path, item: _PackedItem) -> None:
+    leaves = to_host(item.arrays)
+    if not self._primary:
+      return
+    packed, manifest = pack(leaves)
+    for dtype, values in packed.items():
+      with (directory / f"{dtype}.bin").open("wb") as f:
+        f.write(np.ascontiguousarray(values).tobytes())
+    meta = {"layout": LAYOUT_FILES, "arrays": manifest, "checksums": checksums(leaves),
+            **item.meta}
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+  async def async_save(self, directory: epath.Path, args: PackedSave) -> list:
+    return [ocp.future.CommitFutureAwaitingContractedSignals(
+        self._write(directory, args.item), name="packed_save")]
+
+  def save(self, directory: epath.Path, args: PackedSave) -> None:
+    asyncio.run(self._write(directory, args.item))
+
+  def restore(self, directory: epath.Path, args: PackedRestore | None = None) -> dict:
+    meta = json.loads((directory / "meta.json").read_text())
+    packed = {}
+    for dtype, n in sizes(meta["arrays"]).items():
+      raw = (directory / f"{dtype}.bin").read_bytes()
+      values = np.frombuffer(raw, jnp.dtype(dtype))
+      if values.size != n:
+        raise ValueError(f"{dtype}.bin holds {values.size} values; the manifest says {n}")
+      packed[dtype] = values
+    return {"leaves": unpack(packed, meta["arrays"]), "meta": meta}
+
+  def metadata(self, directory: epath.Path) -> dict | None:
+    path = directory / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@ocp.args.register_with_handler(PackedHandler, for_save=True)
+@dataclasses.dataclass
+class PackedSave(ocp.args.CheckpointArgs):
+  """Save ``item`` (:class:`_PackedItem`) with :class:`PackedHandler`."""
+
+  item: _PackedItem
+
+
+@ocp.args.register_with_handler(PackedHandler, for_restore=True)
+@dataclasses.dataclass
+class PackedRestore(ocp.args.CheckpointArgs):
+  """Restore with :class:`PackedHandler`."""
+
+
+def save_args(arrays: dict, meta: dict) -> ocp.args.Composite:
+  """The ``CheckpointManager.save`` arguments of the flat state ``arrays`` with ``meta``."""
+  return ocp.args.Composite(packed=PackedSave(_PackedItem(arrays, meta)))

@@ -15,6 +15,7 @@ import logging
 import ml_collections
 
 from idml_jax import config as config_lib
+from idml_jax import evaluation
 
 # Keys a resumed run (or ``--mode=eval``) may change: how long to train, how to evaluate and
 # log, where the data, weights and compiled programs live, and the input pipeline's
@@ -87,6 +88,8 @@ def read_config(recorded: dict, where="run.json") -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f"{where} records key(s) {', '.join(unknown)} that this version does not "
                      "know: read the run with the version that trained it.")
+  config.eval.backend = evaluation.RENAMED_BACKENDS.get(config.eval.backend,
+                                                        config.eval.backend)
   added = [k for k in added if not any(k.startswith(f + ".") for f in config_lib.FREE_KEYS)]
   if added:
     logging.info("%s predates key(s) %s: read with today's defaults.", where, ", ".join(added))

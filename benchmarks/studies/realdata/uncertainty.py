@@ -30,20 +30,24 @@ import scipy.stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from run import _class_share, _within_class_corr  # noqa: E402
+from run import CONFIG, _class_share, _within_class_corr  # noqa: E402
 
+from idml_jax import methods  # noqa: E402
+from idml_jax.config_files import load_module  # noqa: E402
 from idml_jax.evaluation import confidence_scores, selective_report  # noqa: E402
 
 SETS = ("icons", "glyphs", "glyphs_degraded", "fonts")
 ROWS = ("baseline-pa", "idml-pa", "baseline-ms", "idml-ms", "iaa-ms", "idml_iaa-ms")
 SCORES = ("uncertainty", "nearest", "gap", "combined")
+# A row's method word (configs/small_images.py's argument) -> the method.
+ROW_METHODS = load_module(CONFIG).METHODS
 
 
-def study(arrays: dict, images: dict | None) -> dict:
+def study(arrays: dict, images: dict | None, introspective: bool) -> dict:
   """The figures of one run (``arrays``: its saved per-query figures; ``images``: the set's
-  ``images.json``, or None)."""
+  ``images.json``, or None; ``introspective``: the row has an uncertainty head)."""
   labels, failed = arrays["labels"], arrays["failed"].astype(bool)
-  has_u = "uncertainty_norm" in arrays
+  has_u = introspective
   scores = confidence_scores(uncertainty_norm=arrays["uncertainty_norm"] if has_u else None,
                              nearest_score=arrays["nearest_score"],
                              second_score=arrays["second_score"])
@@ -83,8 +87,8 @@ def load(arrays_dir: str, data: str | None) -> dict[tuple[str, str], list[dict]]
       images[set_name] = json.load(open(found)) if found and os.path.exists(found) else None
     with np.load(path) as z:
       arrays = {k: z[k] for k in z.files}
-    out[(set_name, f"{method}-{loss}")].append({"seed": int(seed),
-                                                **study(arrays, images[set_name])})
+    out[(set_name, f"{method}-{loss}")].append({"seed": int(seed), **study(
+        arrays, images[set_name], methods.METHODS[ROW_METHODS[method]].introspective)})
   return out
 
 
@@ -114,7 +118,7 @@ def table(runs: dict, set_name: str) -> str:
     if not rs:
       continue
     g = lambda k, rs=rs: [r.get(k) for r in rs]
-    idml = "uncertainty_norm" in row or "idml" in row
+    idml = methods.METHODS[ROW_METHODS[row.split("-")[0]]].introspective
     lines.append(
         f"| {row} | {len(rs)} | {_ms(g('recall@1'))} | "
         + " | ".join(_ms(g(f"aurc_{s}")) if s != "uncertainty" or idml else "–" for s in SCORES)
