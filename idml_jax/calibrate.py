@@ -223,10 +223,10 @@ def main(argv):
       thresholds, curves = calibrate(top1, correct, unc, target_precision=_TARGET.value)
     index.thresholds = thresholds
     index.save(_INDEX.value)
+    figure = os.path.join(_INDEX.value, "calibration.png")
+    calibration_figure(curves, thresholds).savefig(figure, dpi=100)
   except (ValueError, OSError) as e:
     sys.exit(f"calibrate: {e}")
-  figure = os.path.join(_INDEX.value, "calibration.png")
-  calibration_figure(curves, thresholds).savefig(figure, dpi=100)
   print(summary(thresholds) + f". Stored in {_INDEX.value}; {figure}")
 
 

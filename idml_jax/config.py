@@ -19,6 +19,13 @@ import ml_collections
 from idml_jax import data, evaluation, iaa, losses, methods, mixing, models, names, optim, tasks
 
 BATCH_NORM_MODES = ("auto", "frozen", "frozen_stats", "train")
+# Names config files of earlier versions imported from here -> what replaced them.
+REMOVED_NAMES = {
+    "uses_idml": "idml_jax.methods.METHODS[method].introspective",
+    "uses_iaa": "idml_jax.methods.METHODS[method].synthesizes",
+    "neighbor_correction_on": "idml_jax.methods.neighbor_correction_on",
+    "METHODS": "idml_jax.methods.METHODS", "TASK_METHODS": "idml_jax.config.task_methods(task)",
+}
 # Keys of earlier schemas -> what replaced them (refused, never aliased).
 RENAMED = {
     "idml.a": "ism.a", "idml.b": "ism.b", "idml.semantic_distance": "ism.semantic_distance",

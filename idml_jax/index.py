@@ -222,6 +222,24 @@ def _scann_problem(scann_dir: str, crcs: dict | None) -> str | None:
   return None
 
 
+# What an index folder holds (an interrupted save may have written only some of it).
+INDEX_FILES = ("index.json", "arrays.npz", "scann", "calibration.png")
+
+
+def _not_an_index_folder(path: str) -> str | None:
+  """Why saving an index at ``path`` would replace something that is not an index: None when
+  ``path`` is absent, an empty folder, or holds only an index's files (``INDEX_FILES``)."""
+  if not os.path.lexists(path):
+    return None
+  if not os.path.isdir(path) or os.path.islink(path):
+    return "exists and is not a folder"
+  others = sorted(set(os.listdir(path)) - set(INDEX_FILES))
+  if others:
+    return f"is a folder that is not an index (it holds {', '.join(others[:3])}" + (
+        ", ..." if len(others) > 3 else "") + ")"
+  return None
+
+
 class GalleryIndex:
   """Gallery embeddings [N, D] (semantic, as embedded) with their metadata, searchable."""
 
@@ -392,9 +410,17 @@ class GalleryIndex:
 
   # ----------------------------------------------------------------------- persistence
   def save(self, directory: str) -> None:
-    """Writes the index to ``directory`` (replacing it; written beside it, then swapped)."""
+    """Writes the index to ``directory`` (replacing an index there; written beside it, then
+    swapped). ``directory`` must be absent, an empty folder, or an index (its own
+    ``index.json``): anything else is refused, and nothing is renamed or deleted."""
     directory = os.path.abspath(directory)
     tmp, old = directory + ".saving", directory + ".old"
+    for path, what in ((directory, "--save_index"), (tmp, "its temporary folder"),
+                       (old, "its previous copy")):
+      problem = _not_an_index_folder(path)
+      if problem:
+        raise IndexFileError(f"{what} {path} {problem}: choose another path for the index "
+                             "(nothing was written, renamed or deleted).")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     arrays = {"embeddings": self.embeddings, "semantic_norm": self.semantic_norm,

@@ -45,9 +45,9 @@ def _user_error(e: BaseException) -> str | None:
   if isinstance(e, OSError) and e.errno == errno.ENOSPC:
     return (f"No space left on device ({e.filename or e}). Completed checkpoints are intact: "
             "free some space and re-run the same command to resume.")
-  if isinstance(e, PermissionError):
-    return (f"Permission denied: {e.filename or e}: make --workdir writable or choose "
-            "another --workdir.")
+  if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return (f"Cannot write {e.filename or e} ({e.strerror}): make --workdir writable or "
+            "choose another --workdir.")
   if isinstance(e, (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError,
                     NonFiniteEmbeddingsError, WorkdirBusyError)):
     return str(e)
@@ -108,6 +108,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if "Traceback (most recent call last)" in message:  # The config file's get_config failed.
       message = f"{message.split(': Error whilst', 1)[0]}: {_root_cause(message)}"
     sys.exit(f"FATAL Flags parsing error: {message}\nPass --helpfull to see help on flags.")
+  except ImportError as e:  # A config file of an earlier version imports a removed name.
+    from idml_jax import config as config_lib
+
+    moved = config_lib.REMOVED_NAMES.get(e.name or "", "") or next(
+        (v for k, v in config_lib.REMOVED_NAMES.items() if f"'{k}'" in str(e)), "")
+    sys.exit(f"FATAL --config: the config file failed to import ({e}). It may be of an earlier "
+             f"version: {'use ' + moved if moved else 'update its imports'}.")
   except (AttributeError, KeyError) as e:
     from idml_jax import config as config_lib
 

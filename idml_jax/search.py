@@ -17,6 +17,7 @@ the gallery queries itself, each image's own entry left out. The index itself is
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -62,6 +63,12 @@ def main(argv):
   if (_GALLERY.value is None) == (_INDEX.value is None):
     sys.exit("search: give --gallery=G.npz (from idml_jax.embed) or --index=DIR (a saved "
              "index), not both.")
+  if _OUT.value:
+    folder = os.path.dirname(os.path.abspath(_OUT.value))
+    if os.path.isdir(_OUT.value):
+      sys.exit(f"search: --out={_OUT.value} is a folder: name a file (e.g. {_OUT.value}/nn.json).")
+    if not os.path.isdir(folder):
+      sys.exit(f"search: --out={_OUT.value}: the folder {folder} does not exist; create it first.")
   try:
     if _BACKEND.value is not None:
       backend_name(_BACKEND.value, SEARCH_BACKENDS, "search back-end")

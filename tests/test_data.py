@@ -390,3 +390,27 @@ def test_glyph_demo_is_real_fonts_split_by_character():
   last_resort = next(f for f in fonts if "LastResort" in f)
   assert glyphs.placeholder_font(last_resort, glyphs.font_chars(last_resort), 32)
   assert not glyphs.placeholder_font(dejavu, glyphs.font_chars(dejavu), 32)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_images_are_counted_with_worker_processes_too(tmp_path, workers):
+  """Each worker process reads with its own copy of the counter: the count is made from the
+  indices each batch carries, in the process that consumes it."""
+  from idml_jax.data import folders
+  for c in range(4):
+    for i in range(4):
+      path = tmp_path / "train" / f"c{c}" / f"{i}.png"
+      write_image(path, seed=10 * c + i)
+      if i % 2:  # 8 of the 16 training images are truncated.
+        path.write_bytes(path.read_bytes()[:40])
+    write_image(tmp_path / "test" / f"t{c}" / "0.png", seed=100 + c)
+  src = folders.image_folder(str(tmp_path))["train"]
+  sampler = data.ClassBalancedSampler(src.labels, 16, 4, seed=0)
+  skipped = data.SkipCounter()
+  batches = list(data.train_batches(src, sampler, image_size=8, seed=0, start_step=0,
+                                    num_steps=2, num_threads=1, worker_count=workers,
+                                    skipped=skipped))
+  bad = {i for i, p in enumerate(src.paths) if os.path.getsize(p) == 40}
+  assert len(bad) == 8 and len(batches) == 2
+  assert skipped.count == 8 and skipped.total() == 8
+  assert all("unreadable" not in b for b in batches)

@@ -647,3 +647,101 @@ def test_a_permission_error_is_told_in_one_line():
   from idml_jax.main import _user_error
   message = _user_error(PermissionError(13, "Permission denied", "/data/run/checkpoints"))
   assert message.startswith("Permission denied: /data/run/checkpoints") and "\n" not in message
+
+
+def _damage_manifest(meta_file, how):
+  text = meta_file.read_text()
+  meta = json.loads(text)
+  first = meta["arrays"][0]
+  if how == "flipped_byte":  # One byte of a dtype name: float32 -> flo4t32.
+    text = text.replace('"float32"', '"flo4t32"', 1)
+  elif how == "shape_swapped":  # The same number of values, another shape.
+    big = next(e for e in meta["arrays"] if len(e[2]) >= 2 and e[2][0] != e[2][1])
+    big[2] = big[2][::-1]
+    text = json.dumps(meta)
+  elif how == "dtype":
+    first[1] = "float16" if first[1] != "float16" else "float32"
+    text = json.dumps(meta)
+  elif how == "digit":
+    sized = next(e for e in meta["arrays"] if e[2])
+    sized[2][0] += 1
+    text = json.dumps(meta)
+  else:  # An entry removed.
+    meta["arrays"] = meta["arrays"][1:]
+    text = json.dumps(meta)
+  assert text != meta_file.read_text()
+  meta_file.write_text(text)
+
+
+@pytest.mark.parametrize("how", ["flipped_byte", "shape_swapped", "dtype", "digit", "removed"])
+def test_a_damaged_manifest_falls_back_to_the_previous_checkpoint(reference, tmp_path, how,
+                                                                   caplog):
+  """Any edit of the newest checkpoint's manifest is damage (the manifest carries its own
+  checksum), never "another model's checkpoint": the run resumes from the previous one with
+  one warning and ends where the uninterrupted run did."""
+  run = _copy(reference, tmp_path)
+  _damage_manifest(run / "checkpoints" / "4" / "packed" / "meta.json", how)
+  with caplog.at_level("WARNING"):
+    again = loop.train_and_evaluate(_config(), str(run))
+  warnings = [r for r in caplog.records if "is damaged" in r.getMessage()]
+  assert len(warnings) == 1 and "latest checkpoint step 4 is damaged" in warnings[0].getMessage()
+  assert again["steps_this_run"] == 2
+  assert again["final"] == pytest.approx(reference[0]["final"], rel=1e-5, abs=1e-6)
+
+
+def test_a_lock_that_is_a_folder_and_a_read_only_workdir_end_in_one_line(tmp_path):
+  (tmp_path / "w" / "lock.json").mkdir(parents=True)
+  out = _main(tmp_path / "w")
+  lines = _errors(out)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert len(lines) == 1 and "lock.json is a folder, not a run's lock: remove it" in lines[0]
+  assert "taking it over" not in out.stderr
+  script = textwrap.dedent("""
+      import errno, os, sys
+      real = os.open
+      def read_only(path, *args, **kwargs):  # As on a read-only mount (root ignores chmod).
+        if str(path).endswith("lock.json"):
+          raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, *args, **kwargs)
+      os.open = read_only
+      sys.argv[0] = "idml_jax.main"
+      from idml_jax import main
+      main.run()
+  """)
+  out = subprocess.run([sys.executable, "-c", script, f"--config={ROOT}/configs/demo.py:runlocal",
+                        f"--workdir={tmp_path / 'ro'}"], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+  lines = _errors(out)
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert len(lines) == 1 and "Read-only file system): make --workdir writable" in lines[0]
+
+
+def test_an_old_config_file_ends_in_one_line_naming_what_replaced_it(tmp_path):
+  old = tmp_path / "old.py"
+  old.write_text("from idml_jax.config import default_config, uses_idml\n\n"
+                 "def get_config():\n  return default_config()\n")
+  out = subprocess.run([sys.executable, "-m", "idml_jax.main", f"--config={old}",
+                        f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert len(lines) <= 2 and "uses_idml" in lines[0]
+  assert "use idml_jax.methods.METHODS[method].introspective" in lines[0]
+
+
+def test_an_old_workdir_embeds_evaluates_and_resumes(reference, tmp_path):
+  """A run.json written before keys were added (``model.conv_init`` and
+  ``data.device_prefetch`` here) and with a back-end's old name: read with today's defaults
+  for the missing keys, the recorded values kept."""
+  from idml_jax import inference
+  run = _copy(reference, tmp_path)
+  recorded = json.loads((run / "run.json").read_text())
+  del recorded["config"]["model"]["conv_init"], recorded["config"]["data"]["device_prefetch"]
+  recorded["config"]["eval"]["backend"] = "exact"
+  (run / "run.json").write_text(json.dumps(recorded))
+  trained = inference.load(str(run))
+  assert trained.config.model.conv_init == "kaiming_normal"
+  assert trained.config.eval.backend == "rank_count" and trained.step in (2, 4)
+  assert loop.evaluate_only(_config(), str(run))["step"] in (2, 4)
+  again = loop.train_and_evaluate(_config(num_epochs=3), str(run))
+  assert again["steps_this_run"] == 2

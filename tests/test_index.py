@@ -422,3 +422,94 @@ def test_an_index_saved_under_an_old_back_end_name_loads_and_old_names_are_refus
   out = _cli("idml_jax.search", f"--index={tmp_path / 'i'}", "--backend=scann_ah", "--k=2")
   assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
   assert "'scann_ah' was renamed: use 'approximate'" in out.stderr
+
+
+@pytest.mark.parametrize("target", ["workdir", "file", "saving", "old"])
+def test_save_index_never_replaces_what_is_not_an_index(tmp_path, target):
+  """``--save_index`` writes only into a path that is absent, empty or an index: a workdir
+  (or a file, or an unrelated folder where its temporary copies go) is refused in one line,
+  and nothing is renamed or deleted."""
+  emb, labels, unc, names = _gallery(40)
+  np.savez(tmp_path / "g.npz", semantic=emb, names=names, labels=labels)
+  index = tmp_path / "index"
+  if target == "workdir":
+    (index / "checkpoints").mkdir(parents=True)
+    (index / "run.json").write_text("{}")
+  elif target == "file":
+    index.write_text("my notes")
+  else:  # Where the save writes beside the index: an unrelated folder with that name.
+    (tmp_path / f"index.{target}").mkdir()
+    (tmp_path / f"index.{target}" / "photo.jpg").write_text("x")
+  snapshot = lambda: sorted((str(p), p.is_file() and p.read_bytes()) for p in tmp_path.rglob("*"))
+  before = snapshot()
+  out = _cli("idml_jax.search", f"--gallery={tmp_path / 'g.npz'}", f"--save_index={index}")
+  assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert "is not" in out.stderr and "nothing was written, renamed or deleted" in out.stderr
+  assert snapshot() == before
+  # An empty folder and an index are fine (the second save replaces the first).
+  for _ in range(2):
+    empty = tmp_path / "fresh"
+    empty.mkdir(exist_ok=True)
+    GalleryIndex(emb, names, labels, max_k=5, backend="exact_host").save(str(empty))
+  assert len(GalleryIndex.load(str(tmp_path / "fresh"))) == 40
+
+
+def test_query_uncertainties_are_checked_and_missing_ones_turn_abstention_off_visibly(tmp_path):
+  emb, labels, unc, names = _gallery(120)
+  index = GalleryIndex(emb[:100], names[:100], labels[:100], unc[:100], backend="exact_device")
+  index.thresholds = Thresholds(similarity=0.5, uncertainty=0.6)
+  for bad, why in ((-1.0, "are norms .* negative"), (np.nan, "NaN/inf")):
+    u = unc[100:].copy()
+    u[3] = bad
+    with pytest.raises(ValueError, match=why):
+      index.query(emb[100:], 3, u)
+  m = index.query(emb[100:], 3)  # No uncertainty: decided on the similarity, and said so.
+  assert set(m.decision) <= {"match", "no_match"}
+  assert m.note.startswith("abstention is off: the index abstains when ||u|| > 0.6000")
+  index.save(str(tmp_path / "i"))
+  np.savez(tmp_path / "q.npz", semantic=emb[100:], names=names[100:])
+  out = _cli("idml_jax.search", f"--index={tmp_path / 'i'}", f"--queries={tmp_path / 'q.npz'}",
+             "--k=2")
+  assert out.returncode == 0 and "(abstention is off: the index abstains when ||u|| >" in out.stdout
+  np.savez(tmp_path / "neg.npz", semantic=emb[100:], names=names[100:],
+           uncertainty_norm=-np.ones(20))
+  out = _cli("idml_jax.search", f"--index={tmp_path / 'i'}", f"--queries={tmp_path / 'neg.npz'}",
+             "--k=2")
+  assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
+  assert "are norms (>= 0); 20 of 20 are negative" in out.stderr
+
+
+@pytest.mark.parametrize("out_arg", ["folder", "missing_folder"])
+def test_search_out_is_checked_before_any_work(tmp_path, out_arg):
+  emb, labels, unc, names = _gallery(30)
+  np.savez(tmp_path / "g.npz", semantic=emb, names=names)
+  target = tmp_path if out_arg == "folder" else tmp_path / "nowhere" / "nn.json"
+  out = _cli("idml_jax.search", f"--gallery={tmp_path / 'g.npz'}", "--k=2", f"--out={target}")
+  assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert ("is a folder: name a file" if out_arg == "folder" else "does not exist") in out.stderr
+
+
+def test_calibrate_on_an_index_it_cannot_write_ends_in_one_line(tmp_path):
+  emb, labels, unc, names = _hard_gallery(200)
+  GalleryIndex(emb, names, labels, unc, backend="exact_host").save(str(tmp_path / "i"))
+  script = ("import errno, os, sys\n"
+            "real = os.makedirs\n"
+            "def read_only(path, *a, **kw):\n"
+            "  raise OSError(errno.EROFS, 'Read-only file system', str(path))\n"
+            "os.makedirs = read_only\n"
+            "from absl import app, flags\n"
+            "from idml_jax import calibrate\n"
+            "flags.DEFINE_string('index', None, '')\n"
+            "flags.DEFINE_string('queries', None, '')\n"
+            "flags.DEFINE_float('target_precision', None, '')\n"
+            "flags.DEFINE_string('rule', 'combined', '')\n"
+            "calibrate._INDEX, calibrate._QUERIES = flags.FLAGS['index'], flags.FLAGS['queries']\n"
+            "calibrate._TARGET, calibrate._RULE = flags.FLAGS['target_precision'], "
+            "flags.FLAGS['rule']\n"
+            "app.run(calibrate.main)\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  out = subprocess.run([sys.executable, "-c", script, f"--index={tmp_path / 'i'}"], env=env,
+                       cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+  assert out.stderr.startswith("calibrate: [Errno 30] Read-only file system")

@@ -162,3 +162,16 @@ def test_embed_refuses_a_non_finite_uncertainty_and_stores_nothing(trained_workd
   assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert len(lines) == 1 and "The uncertainty_norm outputs" in lines[0], out.stderr[-2000:]
   assert "NaN/inf in 1 of 12 rows" in lines[0] and not out_file.exists()
+
+
+def test_embed_on_a_folder_without_images_answers_before_loading_a_model(trained_workdir,
+                                                                         tmp_path):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "notes.txt").write_text("no images here")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  out = subprocess.run([sys.executable, "-m", "idml_jax.embed", f"--workdir={trained_workdir}",
+                        f"--images={tmp_path / 'empty'}", f"--out={tmp_path / 'e.npz'}"],
+                       env=env, cwd=ROOT, capture_output=True, text=True)
+  lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+  assert out.returncode != 0 and len(lines) == 1, lines[:5]
+  assert lines[0].startswith("embed: No images") and not (tmp_path / "e.npz").exists()

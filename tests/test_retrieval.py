@@ -147,6 +147,10 @@ def test_scann_ah_close_to_exact_on_larger_gallery():
     (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), recall_ks=(1, 8)), "Recall@8"),
     (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, float)), "integers"),
     (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), backend="faiss"), "valid"),
+    (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), recall_ks=(-1,)), "positive"),
+    (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), recall_ks=(0, 1)), "positive"),
+    (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), recall_ks=(1.5,)), "positive"),
+    (dict(embeddings=np.ones((5, 3)), labels=np.zeros(5, int), recall_ks=()), "positive"),
 ])
 def test_bad_input_is_refused(bad, match):
   with pytest.raises(ValueError, match=match):

@@ -94,6 +94,7 @@ class QueryRanks:
 
   def metrics(self, recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
     """``recall@K`` for each K, ``r_precision`` and ``map@r`` (fractions in [0, 1])."""
+    check_ks(recall_ks)
     if max(recall_ks) > self.max_k:
       raise ValueError(f"Recall@{max(recall_ks)} needs ranks up to {max(recall_ks)}; these were "
                        f"searched to {self.max_k} neighbors.")
@@ -102,6 +103,14 @@ class QueryRanks:
     for name, values in self.per_query().items():
       out[name] = float(np.mean(values[has_rel])) if has_rel.any() else 0.0
     return out
+
+
+def check_ks(ks) -> None:
+  """Refuses Ks that are not positive integers (Recall@K needs K >= 1)."""
+  ks = tuple(ks)
+  if not ks or not all(isinstance(k, int | np.integer) and not isinstance(k, bool) and k > 0
+                       for k in ks):
+    raise ValueError(f"recall_ks must be positive integers, e.g. (1, 2, 4, 8); got {ks!r}.")
 
 
 def relevant_indices(query_labels: np.ndarray, gallery_labels: np.ndarray,
@@ -423,6 +432,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, recall_ks=(
                       block_size: int | None = None) -> dict[str, float]:
   """All-vs-all ``recall@K`` (K in ``recall_ks``), ``r_precision`` and ``map@r`` of
   embeddings [N, D] with labels [N], each query excluded from its own neighbors."""
+  check_ks(recall_ks)
   return query_ranks(embeddings, labels, max_k=max(recall_ks), backend=backend,
                      block_size=block_size).metrics(recall_ks)
 
@@ -433,5 +443,6 @@ def query_gallery_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: 
                           block_size: int | None = None) -> dict[str, float]:
   """In-Shop style: queries [Q, D] against a separate gallery [N, D]; ``recall@K``,
   ``r_precision``, ``map@r``."""
+  check_ks(recall_ks)
   return query_ranks(query, query_labels, gallery, gallery_labels, max_k=max(recall_ks),
                      backend=backend, block_size=block_size).metrics(recall_ks)

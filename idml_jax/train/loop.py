@@ -216,7 +216,8 @@ def _passes_left(run: Run, done: int) -> dict[str, int]:
 
 
 def _skipped(run: Run) -> dict[str, int]:
-  return {name: c.count for name, c in run.skipped.items()}
+  """Distinct unreadable images met so far, per split (and method pass), over every process."""
+  return {name: c.total() for name, c in run.skipped.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:

@@ -156,6 +156,10 @@ class _PackedItem:
   meta: dict  # JSON-able: stored beside the manifest and the checksums.
 
 
+def _manifest_crc(manifest: list) -> int:
+  return zlib.crc32(json.dumps(manifest).encode())
+
+
 class PackedHandler(ocp.AsyncCheckpointHandler):
   """The packed layout as an orbax handler (``CheckpointManager`` saves it asynchronously:
   ``async_save`` returns a commit future at once; orbax runs it on its own thread and renames
@@ -163,9 +167,10 @@ class PackedHandler(ocp.AsyncCheckpointHandler):
 
   The future fetches the arrays to the host, packs them (:func:`pack`), computes their
   checksums, and writes one raw file per dtype (``<dtype>.bin``) and ``meta.json`` (the
-  layout, the manifest, the checksums and the caller's ``meta``). Process 0 writes: the
-  state is replicated. :meth:`restore` returns ``{"leaves": {path: host array}, "meta": ...}``
-  as saved; a file of the wrong size is refused (a truncated or damaged checkpoint).
+  layout, the manifest and its own CRC-32, the checksums and the caller's ``meta``). Process 0
+  writes: the state is replicated. :meth:`restore` returns ``{"leaves": {path: host array},
+  "meta": ...}`` as saved; a damaged manifest or a file of the wrong size is refused (a
+  damaged checkpoint, never mistaken for another model's).
   """
 
   def __init__(self):
@@ -179,8 +184,8 @@ class PackedHandler(ocp.AsyncCheckpointHandler):
     for dtype, values in packed.items():
       with (directory / f"{dtype}.bin").open("wb") as f:
         f.write(np.ascontiguousarray(values).tobytes())
-    meta = {"layout": LAYOUT_FILES, "arrays": manifest, "checksums": checksums(leaves),
-            **item.meta}
+    meta = {"layout": LAYOUT_FILES, "arrays": manifest, "manifest_crc32": _manifest_crc(manifest),
+            "checksums": checksums(leaves), **item.meta}
     (directory / "meta.json").write_text(json.dumps(meta))
 
   async def async_save(self, directory: epath.Path, args: PackedSave) -> list:
@@ -192,6 +197,8 @@ class PackedHandler(ocp.AsyncCheckpointHandler):
 
   def restore(self, directory: epath.Path, args: PackedRestore | None = None) -> dict:
     meta = json.loads((directory / "meta.json").read_text())
+    if _manifest_crc(meta["arrays"]) != meta["manifest_crc32"]:
+      raise ValueError("the manifest does not match its checksum")
     packed = {}
     for dtype, n in sizes(meta["arrays"]).items():
       raw = (directory / f"{dtype}.bin").read_bytes()

@@ -85,6 +85,9 @@ def workdir_lock(wd: Workdir):
     raise ValueError(f"--workdir={wd.path} is a file, not a folder: choose another path.")
   os.makedirs(str(wd.path), exist_ok=True)
   me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%F %T")}
+  if os.path.isdir(path):
+    raise ValueError(f"{path} is a folder, not a run's lock: remove it, or use another "
+                     "--workdir.")
   for _ in range(2):
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
