@@ -66,27 +66,46 @@ def _params(workdir, c):
   return flax.serialization.to_state_dict(state)["params"]
 
 
+def _largest_difference(a, b) -> float:
+  return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
+  """2 × 4 devices = 1 × 8 devices, up to the order of the BatchNorm reductions.
+
+  BatchNorm trains here (from scratch): its batch mean and variance are sums over the global
+  batch, which 2 × 4 and 1 × 8 devices add up in another order, and the normalisation carries
+  the float32 difference into every gradient. Measured (2-core CPU, 3 SGD steps): the largest
+  difference, in the stem's ``model/backbone/conv1/kernel``, is 1.4e-5 between 2 × 4 and
+  1 × 8 devices and 5.9e-5 between 1 × 1 and 1 × 8; with BatchNorm frozen (only the
+  gradients' cross-device sum left) all three agree to 1.2e-7. So the bound is measured in
+  the same run: 2 × 4 must be as close to 1 × 8 as twice 1 × 1 is (same program, another
+  reduction order; 1e-6 where that is exact), never a fixed atol that another CPU's rounding
+  crosses.
+  """
   port = _free_port()
   hosts = [_start(tmp_path / "multi", 4, ["--multihost", f"--coordinator_address=127.0.0.1:{port}",
                                           "--num_processes=2", f"--process_id={i}"])
            for i in range(2)]
   single = _start(tmp_path / "single", 8)
+  one = _start(tmp_path / "one", 1)
   try:
     logs = [_finish(p) for p in hosts]
     _finish(single)
+    _finish(one)
   finally:  # A failed host leaves the other waiting on collectives: never leak them.
-    for p in [*hosts, single]:
+    for p in [*hosts, single, one]:
       if p.poll() is None:
         p.kill()
   for i, log in enumerate(logs):  # Each process loads only its own 8 rows of the 16.
     assert f"Process {i} of 2 loads rows [{8 * i}, {8 * i + 8}) of every global batch of 16" \
         in log, log[-3000:]
   c = _config()
-  multi, single = (_params(tmp_path / d, c) for d in ("multi", "single"))
-  # BatchNorm trains (from scratch): 2 × 4 and 1 × 8 devices reduce its statistics in another
-  # order, within float32 rounding.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi, single)
+  multi, single, one = (_params(tmp_path / d, c) for d in ("multi", "single", "one"))
+  reduction_order = _largest_difference(one, single)
+  assert reduction_order < 1e-3  # Float32 rounding, not a different computation.
+  assert _largest_difference(multi, single) <= max(2 * reduction_order, 1e-6)
   init = jax.device_get(Steps.build(c, 5, 3, make_mesh()).fresh_state().params)
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), multi, init))
   assert max(moved) > 1e-4  # Three steps really trained.

@@ -247,95 +247,154 @@ def ranks_from_counts(beaten: np.ndarray, n_rel: np.ndarray) -> np.ndarray:
   return np.where(valid, r, NO_RANK).astype(np.int64)
 
 
+def _best_relevant(rel_s: np.ndarray, rel: np.ndarray, ng: int):
+  """For queries with relevant-item scores ``rel_s`` [b, P] and ids ``rel`` [b, P] (-1
+  padding): how many of their other relevant items beat each one (``among`` [b, P]), which
+  one is best (``first`` [b]), and its score and id [b] (+inf / max int without one)."""
+  n_rel = np.sum(rel >= 0, axis=1)
+  among = _relevant_beaten(rel_s, rel)
+  first = np.argmin(np.where(rel >= 0, among * (ng + 1) + rel, np.iinfo(np.int64).max), 1)
+  take = lambda a: np.take_along_axis(a, first[:, None], 1)[:, 0]
+  best_s = np.where(n_rel > 0, take(rel_s), np.inf).astype(np.float32)
+  best_i = np.where(n_rel > 0, take(rel), np.iinfo(np.int32).max).astype(np.int32)
+  return among, first, best_s, best_i
+
+
+def _band(rel_pos: np.ndarray, block: int, n_blocks: int, all_vs_all: bool) -> list[tuple]:
+  """The blocks (i, j) that hold a relevant item of a query of block i (all-vs-all: of
+  block i or j, i <= j), in the order of the larger index, then the smaller."""
+  rows = np.repeat(np.arange(rel_pos.shape[0]) // block, rel_pos.shape[1])
+  cols = rel_pos.ravel() // block
+  keep = cols < n_blocks  # Padding (no relevant item) has a position past the gallery.
+  pairs = np.unique(np.stack([rows[keep], cols[keep]], axis=1), axis=0)
+  if all_vs_all:
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+  return sorted({(int(i), int(j)) for i, j in pairs}, key=lambda ij: (max(ij), min(ij)))
+
+
 def _exact_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray | None,
                  gallery_labels: np.ndarray | None, block_size: int) -> QueryRanks:
   """Ranks of each query's relevant items, exactly, without a top-K over the gallery.
 
-  Passes over the similarity matrix in ``block_size`` squares (all-vs-all: the upper
+  One pass over the similarity matrix in ``block_size`` squares (all-vs-all: the upper
   triangle only, each block serving its rows and, transposed, its columns), every score
-  computed by the same program (:func:`_block_scores`). The first reads the relevant items'
-  scores; the second counts the other-class items that beat the best relevant item, and
-  keeps the top W (W = the largest class) by score, which rank the other relevant items
-  below W — exactly, unless near-ties reach the W-th score: those queries are counted again,
-  item by item (:func:`_count_each`).
+  computed once, by one program (:func:`_block_scores`). Queries and gallery are taken in
+  class order (ties still go by the original gallery index), so the relevant items of a
+  block of queries lie in the few blocks of its *band*; those are computed first, their
+  relevant scores read, and each is kept until the best relevant item of every query it
+  serves is known. Then every block counts the other-class items that beat each query's
+  best relevant item, and keeps the top W (W = the largest class) by score, which rank the
+  other relevant items below W — exactly, unless near-ties reach the W-th score: those
+  queries are counted again, item by item (:func:`_count_each`).
   """
   all_vs_all = gallery is None
   if all_vs_all:
     gallery, gallery_labels = query, query_labels
-  rel = relevant_indices(query_labels, gallery_labels, all_vs_all)
   nq, ng = query.shape[0], gallery.shape[0]
+  # Class order: the ranking's tie-break stays the original gallery index (``ids``).
+  pq = np.argsort(query_labels, kind="stable")
+  pg = pq if all_vs_all else np.argsort(gallery_labels, kind="stable")
+  position = np.empty(ng, np.int64)
+  position[pg] = np.arange(ng)
+  rel = relevant_indices(query_labels, gallery_labels, all_vs_all)[pq]  # Original ids.
   width = max(rel.shape[1], 2)  # >= 2: the second-nearest score comes from the same pass.
   block = min(block_size, -(-max(nq, ng) // 32) * 32)
   nqp, ngp = -(-nq // block) * block, -(-ng // block) * block
-  q = jnp.asarray(_pad_rows(query, nqp, 0.0))
-  g = q if all_vs_all else jnp.asarray(_pad_rows(gallery, ngp, 0.0))
+  nbq, nbg = nqp // block, ngp // block
+  q = jnp.asarray(_pad_rows(query[pq], nqp, 0.0))
+  g = q if all_vs_all else jnp.asarray(_pad_rows(gallery[pg], ngp, 0.0))
   col_bias = jnp.where(jnp.arange(ngp) < ng, 0.0, -jnp.inf)
   # Same-class pairs (the relevant items and the query itself) are masked by label;
   # padding rows get label -1, which no real item has.
-  lq = jnp.asarray(_pad_rows(query_labels, nqp, -1))
-  lg = lq if all_vs_all else jnp.asarray(_pad_rows(gallery_labels, ngp, -1))
-  sl = lambda i: slice(i * block, (i + 1) * block)
+  lq = jnp.asarray(_pad_rows(query_labels[pq], nqp, -1))
+  lg = lq if all_vs_all else jnp.asarray(_pad_rows(gallery_labels[pg], ngp, -1))
   big = np.iinfo(np.int32).max
-  rel_p = jnp.asarray(_pad_rows(np.where(rel >= 0, rel, big), nqp, big).astype(np.int32))
-  blocks = [(i, j) for i in range(nqp // block)
-            for j in range(i if all_vs_all else 0, ngp // block)]
-  # Pass 1: each relevant item's score, read from the block that holds it.
-  rel_s = [jnp.full((block, rel.shape[1]), jnp.inf, jnp.float32) for _ in range(nqp // block)]
-  for i, j in blocks:
-    s = _block_scores(q[sl(i)], g[sl(j)])
-    rel_s[i] = _gather_relevant(s, rel_p[sl(i)], j * block, rel_s[i])
-    if all_vs_all and j != i:
-      rel_s[j] = _gather_relevant(s.T, rel_p[sl(j)], i * block, rel_s[j])
-  rel_scores = np.concatenate([np.asarray(r) for r in rel_s])[:nq]
-  n_rel = np.sum(rel >= 0, axis=1)
-  among = _relevant_beaten(rel_scores, rel)  # Relevant items beating each relevant item.
-  first = np.argmin(np.where(rel >= 0, among * (ng + 1) + rel, np.iinfo(np.int64).max), 1)
-  take = lambda a: np.take_along_axis(a, first[:, None], 1)[:, 0]
-  best_all = (jnp.asarray(_pad_rows(np.where(n_rel > 0, take(rel_scores), np.inf), nqp,
-                                    np.inf).astype(np.float32)),
-              jnp.asarray(_pad_rows(np.where(n_rel > 0, take(rel), big), nqp, big)
-                          .astype(np.int32)))
-  best = lambda i: tuple(x[sl(i)] for x in best_all)
-  # Pass 2: the best relevant item's competitors, and the top W other-class items.
-  ids = jnp.arange(ngp, dtype=jnp.int32)
+  ids = jnp.asarray(_pad_rows(pg, ngp, big).astype(np.int32))
+  rel_pos = np.where(rel >= 0, position[np.maximum(rel, 0)], ngp)
+  rel_pos_p = jnp.asarray(_pad_rows(rel_pos, nqp, ngp).astype(np.int32))
+  sl = lambda i: slice(i * block, (i + 1) * block)
+  rel_s = [jnp.full((block, rel.shape[1]), jnp.inf, jnp.float32) for _ in range(nbq)]
+  best, among, first = [None] * nbq, [None] * nbq, [None] * nbq
   acc = [(jnp.zeros((block,), jnp.int32), jnp.full((block, width), -jnp.inf, jnp.float32),
-          jnp.full((block, width), big, jnp.int32)) for _ in range(nqp // block)]
-  for i, j in blocks:
+          jnp.full((block, width), big, jnp.int32)) for _ in range(nbq)]
+  rows_of = lambda i: slice(i * block, min((i + 1) * block, nq))
+
+  def settle(i):  # Every relevant score of block i's queries is read: their best item.
+    host = np.asarray(rel_s[i])[: rows_of(i).stop - rows_of(i).start]
+    among[i], first[i], bs, bi = _best_relevant(host, rel[rows_of(i)], ng)
+    best[i] = (jnp.asarray(_pad_rows(bs, block, np.inf)), jnp.asarray(_pad_rows(bi, block, big)))
+
+  def count(i, j, s):
     sym = all_vs_all and j != i
-    acc[i], acc_j = _block_update(_block_scores(q[sl(i)], g[sl(j)]), lq[sl(i)], lg[sl(j)],
-                                  ids[sl(i)], ids[sl(j)], col_bias[sl(j)], best(i), acc[i],
-                                  best(j) if sym else None, acc[j] if sym else None, sym)
+    acc[i], acc_j = _block_update(s, lq[sl(i)], lg[sl(j)], ids[sl(i)], ids[sl(j)],
+                                  col_bias[sl(j)], best[i], acc[i],
+                                  best[j] if sym else None, acc[j] if sym else None, sym)
     if sym:
       acc[j] = acc_j
-  count, top_s, top_i = (np.concatenate([np.asarray(a[k]) for a in acc])[:nq] for k in range(3))
+
+  band = _band(rel_pos, block, nbg, all_vs_all)
+  # The last band block each block of queries needs, and when a kept block can count.
+  last = {}
+  for t, (i, j) in enumerate(band):
+    last[i] = t
+    if all_vs_all:
+      last[j] = t
+  ready = lambda i, j: max(last.get(i, -1), last.get(j, -1) if all_vs_all else -1)
+  kept = {}
+  for t, (i, j) in enumerate(band):
+    s = _block_scores(q[sl(i)], g[sl(j)])
+    rel_s[i] = _gather_relevant(s, rel_pos_p[sl(i)], j * block, rel_s[i])
+    if all_vs_all and j != i:
+      rel_s[j] = _gather_relevant(s.T, rel_pos_p[sl(j)], i * block, rel_s[j])
+    kept[i, j] = s
+    for k in {i, j} if all_vs_all else {i}:
+      if last[k] == t:
+        settle(k)
+    for key in [key for key in kept if ready(*key) <= t]:
+      count(*key, kept.pop(key))
+  for i in range(nbq):
+    if best[i] is None:  # No relevant item in any block (a class of one).
+      settle(i)
+  in_band = set(band)
+  for i in range(nbq):
+    for j in range(i if all_vs_all else 0, nbg):
+      if (i, j) not in in_band:
+        count(i, j, _block_scores(q[sl(i)], g[sl(j)]))
+  rel_scores = np.concatenate([np.asarray(r) for r in rel_s])[:nq]
+  among, first = np.concatenate(among), np.concatenate(first)
+  n_rel = np.sum(rel >= 0, axis=1)
+  count_best, top_s, top_i = (np.concatenate([np.asarray(a[k]) for a in acc])[:nq]
+                              for k in range(3))
   rel_ids = np.where(rel >= 0, rel, big)
   others = np.sum(beats(top_s[:, None, :], top_i[:, None, :], rel_scores[:, :, None],
                         rel_ids[:, :, None]), axis=2)
-  np.put_along_axis(others, first[:, None], count[:, None], 1)
+  np.put_along_axis(others, first[:, None], count_best[:, None], 1)
   # A near-tie band reaching the W-th score may hold lower-index items outside the top W.
   cut = top_s[:, -1:] >= rel_scores - TIE_TOLERANCE
   redo = np.flatnonzero(np.any(cut & (rel >= 0) & (others + among < n_rel[:, None]), axis=1))
   if redo.size:
     logging.info("Near-tied scores at the top-%d cut for %d queries: counted item by item.",
                  width, redo.size)
-    others[redo] = _count_slow(q, g, lq, lg, col_bias, rel_scores[redo], rel_ids[redo], redo,
-                               block, all_vs_all)
+    others[redo] = _count_slow(q, g, lq, lg, ids, col_bias, rel_scores[redo], rel_ids[redo],
+                               redo, block, all_vs_all)
   # Below W the top W rank every relevant item; at W they are capped, and no relevant item
   # is beaten by fewer items than the best one.
-  ranks = ranks_from_counts(np.maximum(others, count[:, None]) + among, n_rel)
+  ranks = ranks_from_counts(np.maximum(others, count_best[:, None]) + among, n_rel)
   # Nearest and second-nearest gallery items: the best of relevant and other-class ones.
   rel_best = -np.sort(-np.where(rel >= 0, rel_scores, -np.inf), axis=1)[:, :2]
   near = -np.sort(-np.concatenate([rel_best, top_s[:, :2]], axis=1), axis=1)
-  return QueryRanks(ranks, n_rel, near[:, 0], near[:, 1])
+  back = np.empty_like(pq)
+  back[pq] = np.arange(nq)  # Rows in the caller's order again.
+  return QueryRanks(ranks[back], n_rel[back], near[back, 0], near[back, 1])
 
 
-def _count_slow(q, g, lq, lg, col_bias, rel_s, rel_i, rows, block, all_vs_all) -> np.ndarray:
+def _count_slow(q, g, lq, lg, ids, col_bias, rel_s, rel_i, rows, block,
+                all_vs_all) -> np.ndarray:
   """[len(rows), P] other-class items beating each relevant item of the queries ``rows``,
-  item by item, each score from the blocks :func:`_block_scores` computes in the passes:
-  query block i against gallery block j (all-vs-all: the transposed block where j < i)."""
+  item by item, each score from the blocks :func:`_block_scores` computes in the pass: query
+  block i against gallery block j (all-vs-all: the transposed block where j < i)."""
   out = np.zeros(rel_i.shape, np.int64)
   ngp = g.shape[0]
-  ids = jnp.arange(ngp, dtype=jnp.int32)
   for i in np.unique(rows // block):
     mine = np.flatnonzero(rows // block == i)
     local = rows[mine] - i * block
