@@ -22,6 +22,7 @@ layers use). ``--same_start``: our backbone starts from the PyTorch network's in
 """
 
 import argparse
+import ast
 import os
 import statistics
 import sys
@@ -49,6 +50,23 @@ TORCH_BACKBONES = {"resnet_tiny": torch_reference.resnet_tiny,
 TORCH_POOLINGS = {"avg": lambda f: f.mean((2, 3)), "max": lambda f: f.amax((2, 3)),
                   "avg+max": lambda f: f.mean((2, 3)) + f.amax((2, 3))}
 TORCH_LOSSES = {"multi_similarity": multi_similarity, "contrastive": contrastive}
+
+
+def pml_multi_similarity(x, labels, batch, thresh=0.5, margin=0.1, scale_pos=2.0,
+                         scale_neg=40.0):
+  """pytorch-metric-learning's Multi-Similarity loss and miner (an implementation that is not
+  ours nor the official IAA code's), with the same constants: ``MultiSimilarityLoss(alpha,
+  beta, base)`` on the pairs ``MultiSimilarityMiner(epsilon)`` mines."""
+  from pytorch_metric_learning import losses, miners
+  del batch
+  miner = miners.MultiSimilarityMiner(epsilon=margin)
+  loss = losses.MultiSimilarityLoss(alpha=scale_pos, beta=scale_neg, base=thresh)
+  return loss(x, labels, miner(x, labels))
+
+
+# --torch_loss: whose implementation the PyTorch loop trains with.
+TORCH_LOSS_IMPLEMENTATIONS = {"official": TORCH_LOSSES,
+                              "pml": {"multi_similarity": pml_multi_similarity}}
 
 
 class TorchEmbedder(nn.Module):
@@ -105,11 +123,13 @@ def torch_test_embeddings(c, embed, source, spec) -> tuple[np.ndarray, np.ndarra
   return np.concatenate(embs), np.concatenate(labels)
 
 
-def torch_run(c, seed: int, init: str = "default") -> tuple[dict[int, float], dict]:
+def torch_run(c, seed: int, init: str = "default",
+              loss_impl: str = "official") -> tuple[dict[int, float], dict]:
   """PyTorch's curve ``{epoch: Recall@1}`` and its network's initial state dict."""
-  if c.loss.name not in TORCH_LOSSES or c.method != "baseline":
-    raise SystemExit(f"learning_curves.py compares baselines with {', '.join(TORCH_LOSSES)}; "
-                     f"got method={c.method}, loss={c.loss.name}.")
+  table = TORCH_LOSS_IMPLEMENTATIONS[loss_impl]
+  if c.loss.name not in table or c.method != "baseline":
+    raise SystemExit(f"learning_curves.py compares baselines with {', '.join(table)} "
+                     f"({loss_impl}); got method={c.method}, loss={c.loss.name}.")
   torch.manual_seed(seed)
   splits = data.load_splits(c.data.name, c.data.source, c.data.data_dir)
   spec = get_backbone(c.model.backbone).input_spec
@@ -119,7 +139,7 @@ def torch_run(c, seed: int, init: str = "default") -> tuple[dict[int, float], di
   model = TorchEmbedder(c, init)
   start = {k: np.array(v.detach().numpy(), copy=True) for k, v in model.state_dict().items()}
   opt, sched = _torch_optimizer(c, model, steps_per_epoch)
-  loss_fn = TORCH_LOSSES[c.loss.name]
+  loss_fn = table[c.loss.name]
   train_tf = data.transforms.from_config(c)[0]
   curve = {}
 
@@ -175,12 +195,21 @@ def main():
   p.add_argument("--data_dir", default=None, help="DIR/train/<class>/*, DIR/test/<class>/*")
   p.add_argument("--backbone", default=None, help="model.backbone (default: the config's)")
   p.add_argument("--torch_init", default="default")
+  p.add_argument("--torch_loss", default="official", help="official (tests/reference/iaa.py) "
+                 "and/or pml (pytorch-metric-learning's loss and miner; pip install "
+                 "pytorch-metric-learning)")
+  p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                 help="A config override for both loops (e.g. data.augment=pad_crop_noflip).")
   p.add_argument("--same_start", action="store_true")
   p.add_argument("--skip_ours", action="store_true")
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   inits = args.torch_init.split(",")
-  curves = {**{f"PyTorch ({i} init)": [] for i in inits},
+  impls = args.torch_loss.split(",")
+  torch_rows = [(i, m) for i in inits for m in impls]
+  name = lambda i, m: (f"PyTorch ({i} init, {m} loss)" if len(impls) > 1 or m != "official"
+                       else f"PyTorch ({i} init)")
+  curves = {**{name(i, m): [] for i, m in torch_rows},
             **({} if args.skip_ours else {"ours (JAX)": []})}
   for seed in seeds:
     c = load_config(args.config, args.arg)
@@ -190,11 +219,18 @@ def main():
       c.data.source, c.data.name = "demo", "glyphs"
     if args.backbone:
       c.model.backbone = args.backbone
+    for key, value in (o.split("=", 1) for o in args.override):
+      *path, last = key.split(".")
+      node = c
+      for part in path:
+        node = node[part]
+      node[last] = type(node[last])(ast.literal_eval(value)) if not isinstance(
+          node[last], str) else value
     c.eval.nmi = False
     start = None
-    for i in inits:
-      curve, start = torch_run(c, seed, i)
-      curves[f"PyTorch ({i} init)"].append(curve)
+    for i, m in torch_rows:
+      curve, start = torch_run(c, seed, i, m)
+      curves[name(i, m)].append(curve)
     if not args.skip_ours:
       curves["ours (JAX)"].append(ours_run(c, seed, start if args.same_start else None))
     print(f"seed {seed}:", {k: {e: round(v, 4) for e, v in cs[-1].items()}

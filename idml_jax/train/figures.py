@@ -127,7 +127,9 @@ def risk_coverage_figure(selective: dict) -> Figure:
                  f"(AURC {c['aurc']:.3f}{auroc})", **style)
     metric = "recall@1" if "recall@1" in c else "top1"
     axes[1].plot(c["coverage"], c[metric], marker="o", label=_LABELS.get(name, name), **style)
-  axes[0].set(title="risk-coverage (lower is better)", xlabel="coverage", ylabel="risk")
+  axes[0].set(title="which confidence knows when the top-1 is wrong\n"
+                    "risk-coverage (lower is better; R-AUROC 0.5 = no information)",
+              xlabel="coverage", ylabel="risk")
   axes[1].set(title="accuracy of the most confident fraction", xlabel="coverage",
               ylabel="Recall@1" if "recall@1" in next(iter(selective.values())) else "top-1")
   for ax in axes:
