@@ -175,8 +175,9 @@ def _method_pass(run: Run, state, epoch: int):
   """``state`` with the carry the method's pass over the training set makes at the start of
   ``epoch``."""
   cfg, method = run.config, run.steps.method
+  skipped = run.skipped.setdefault(method.pass_name or "method", data.SkipCounter())
   embed = lambda augment: embed_split(
-      run.steps.embedder, variables(state), run.splits["train"], run.skipped[method.pass_name],
+      run.steps.embedder, variables(state), run.splits["train"], skipped,
       augment_seed=[cfg.seed, epoch] if augment else None)
   return state.replace(carry=method.epoch_pass(
       state.carry, epoch, methods.TrainSetPass(embed, replicated(run.steps.mesh))))

@@ -154,7 +154,8 @@ def _done(path: str) -> dict[tuple, dict]:
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
-  values = [v for v in values if v is not None]
+  """mean ± sd of the values that are not None or NaN ("–" without any)."""
+  values = [v for v in values if v is not None and v == v]
   if not values:
     return "–"
   sd = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -22,7 +22,6 @@ import collections
 import glob
 import json
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -30,7 +29,7 @@ import scipy.stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from run import CONFIG, _class_share, _within_class_corr  # noqa: E402
+from run import CONFIG, _class_share, _ms, _within_class_corr  # noqa: E402
 
 from idml_jax import methods  # noqa: E402
 from idml_jax.config_files import load_module  # noqa: E402
@@ -90,14 +89,6 @@ def load(arrays_dir: str, data: str | None) -> dict[tuple[str, str], list[dict]]
     out[(set_name, f"{method}-{loss}")].append({"seed": int(seed), **study(
         arrays, images[set_name], methods.METHODS[ROW_METHODS[method]].introspective)})
   return out
-
-
-def _ms(values, digits=3) -> str:
-  values = [v for v in values if v is not None and np.isfinite(v)]
-  if not values:
-    return "–"
-  sd = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def _paired(a, b) -> str:
