@@ -93,6 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.sampler = "balanced"  # balanced (P×K) | balanced_fill (official IAA) | random
   c.data.augment = "random_resized_crop"  # | pad_crop (CIFAR: pad 4, random 32 crop, flip)
   c.data.crop_scale = (0.08, 1.0)  # Random-resized crop's area range (official IAA: 0.16–1).
+  c.data.flip = True  # Horizontal flips in training (off where a mirror image is another class).
   c.data.interpolation = "bilinear"  # | lanczos (official IAA) | bicubic (ViT recipes)
   c.data.resize_mode = "shorter_side"  # Resize(256) | square: a 256² squash (official IAA)
   c.data.color_jitter = 0.0  # Brightness/contrast/saturation strength (ImageNet: 0.4).

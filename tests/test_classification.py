@@ -284,3 +284,20 @@ def test_paper_rows_validate(arg):
 def test_bad_classification_argument_rejected():
   with pytest.raises(ValueError, match="row: baseline"):
     load_config("classification.py", "cifar10,idml_cutmx")
+
+
+def test_without_flips_the_crops_are_the_same_windows_never_mirrored():
+  img = np.random.default_rng(1).integers(1, 255, (8, 8, 3), dtype=np.uint8)
+  flipped = 0
+  for seed in range(40):
+    rng = np.random.default_rng(seed)
+    top, left = rng.integers(0, 9, size=2)
+    want = np.pad(img, ((4, 4), (4, 4), (0, 0)))[top:top + 8, left:left + 8]
+    flipped += rng.random() < 0.5  # What the flipping transform would have drawn.
+    np.testing.assert_array_equal(
+        transforms.pad_crop_flip(img, 8, np.random.default_rng(seed), flip=False), want)
+    rr = transforms.train_transform(img, 8, np.random.default_rng(seed), scale=(1.0, 1.0),
+                                    flip=False)
+    np.testing.assert_array_equal(rr, transforms.random_resized_crop(
+        img, 8, np.random.default_rng(seed), scale=(1.0, 1.0)))
+  assert 10 < flipped < 30  # The flipping version would have mirrored about half.

@@ -61,18 +61,20 @@ def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator,
 
 def train_transform(img: np.ndarray, size: int, rng: np.random.Generator, *,
                     scale=(0.08, 1.0), interpolation: str = "bilinear",
-                    resize_mode: str = "shorter_side", resize: int = 256) -> np.ndarray:
-  """Random-resized crop + flip (``resize_mode="square"``: a ``resize``² squash first)."""
+                    resize_mode: str = "shorter_side", resize: int = 256,
+                    flip: bool = True) -> np.ndarray:
+  """Random-resized crop + flip (``resize_mode="square"``: a ``resize``² squash first;
+  ``flip=False``: no flip, for data whose mirror image is another class)."""
   if resize_mode == "square":
     img = _resize(img, resize, resize, interpolation)
   out = random_resized_crop(img, size, rng, scale=scale, interpolation=interpolation)
-  return out[:, ::-1] if rng.random() < 0.5 else out
+  return out[:, ::-1] if flip and rng.random() < 0.5 else out
 
 
 def pad_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator, *,
-                  pad: int = 4, **_) -> np.ndarray:
+                  pad: int = 4, flip: bool = True, **_) -> np.ndarray:
   """CIFAR's augmentation: resize to ``size`` if needed, zero-pad ``pad`` pixels, take a
-  random ``size`` × ``size`` crop, flip horizontally with probability 1/2."""
+  random ``size`` × ``size`` crop, flip horizontally with probability 1/2 (``flip``)."""
   if img.shape[:2] != (size, size):
     img = _resize(img, size, size)
   top, left = rng.integers(0, 2 * pad + 1, size=2)
@@ -82,7 +84,7 @@ def pad_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator, *,
   out = np.zeros_like(img)
   if y0 < y1 and x0 < x1:
     out[y0 - y:y1 - y, x0 - x:x1 - x] = img[y0:y1, x0:x1]
-  return out[:, ::-1] if rng.random() < 0.5 else out
+  return out[:, ::-1] if flip and rng.random() < 0.5 else out
 
 
 # ``data.augment`` -> ``(image, size, rng, **crop settings) -> uint8 image``.
@@ -116,7 +118,7 @@ def from_config(config) -> tuple:
   d = config.data
   train = functools.partial(TRAIN_TRANSFORMS[d.augment], scale=tuple(d.crop_scale),
                             interpolation=d.interpolation, resize_mode=d.resize_mode,
-                            resize=d.resize_size)
+                            resize=d.resize_size, flip=d.flip)
   test = functools.partial(eval_transform, resize=d.resize_size, resize_mode=d.resize_mode,
                            interpolation=d.interpolation)
   return train, lambda img, size: test(img, size)

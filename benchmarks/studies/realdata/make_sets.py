@@ -301,13 +301,15 @@ def _write(out: str, set_name: str, dataset: dict[str, list], about: dict) -> di
 
 
 def _preview(dataset: dict[str, list], path: str, rows: int = 8, cols: int = 10) -> None:
-  """A few classes (rows, evenly spaced in name order) and their images."""
+  """A few classes (rows, evenly spaced in name order) and ten of their images each."""
   names = sorted(dataset)
   picked = [names[i] for i in np.linspace(0, len(names) - 1, min(rows, len(names))).astype(int)]
   grid = np.full((len(picked) * SIZE, cols * SIZE, 3), 255, np.uint8)
   for r, name in enumerate(picked):
-    for c, (_, img, _) in enumerate(dataset[name][:cols]):
-      grid[r * SIZE:(r + 1) * SIZE, c * SIZE:(c + 1) * SIZE] = img
+    rows_of = dataset[name]
+    shown = np.unique(np.linspace(0, len(rows_of) - 1, min(cols, len(rows_of))).astype(int))
+    for c, i in enumerate(shown):  # Evenly spread over the class's images.
+      grid[r * SIZE:(r + 1) * SIZE, c * SIZE:(c + 1) * SIZE] = rows_of[i][1]
   Image.fromarray(grid).save(path)
 
 

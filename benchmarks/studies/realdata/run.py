@@ -55,6 +55,10 @@ VARIANTS = {
     "torch_init": {"model.conv_init": "torch"},
     "cnn_small": {"model.backbone": "cnn_small"},
     "cnn_small_torch_init": {"model.backbone": "cnn_small", "model.conv_init": "torch"},
+    # What a plain PyTorch loop of a user's may do otherwise (issue 35: Multi-Similarity).
+    "no_flip": {"data.flip": False},
+    "max_pool": {"model.pooling": "max"},
+    "head_lr10": {"optimizer.head_lr_mult": 10.0},
 }
 
 
