@@ -19,7 +19,9 @@
    from the same ``.pth``, fed our pipeline's batches (same images, crops and order); what
    differs is the framework, the heads' and proxies' random draws, Mixup's λ and
    permutation, and IAA's noise. ``gains``: every recipe with the papers' variant;
-   ``official_gains``: the baselines and IDML + IAA with ``,official``.
+   ``official_gains``: the baselines and IDML + IAA with ``,official``; ``ms_parity``: the
+   official recipe's plain Multi-Similarity (no estimate, no synthesis) in both
+   implementations; ``bf16``: IDML-PA and IAA (MS), ``,official``, the backbone in bfloat16.
 3. ``--table``: parity (final figures, Welch's t-test, the curves) and gains (paired by
    seed: the same batches; mean ± standard error).
 """
@@ -57,7 +59,13 @@ GROUPS = {
     "gains": [(r, False, "ours") for r in RECIPES],
     "official_gains": [("pa", True, "ours"), ("ms", True, "ours"),
                        ("idml_iaa_ms", True, "ours")],
+    # The plain Multi-Similarity of the official IAA recipe (no estimate, no synthesis) in
+    # both implementations: does the IAA gap open in plain MS training?
+    "ms_parity": [("ms", True, "ours"), ("ms", True, "pytorch")],
+    # The official recipes with the backbone in bfloat16 (``model.dtype``), against float32.
+    "bf16": [("idml_pa", True, "ours_bf16"), ("iaa_ms", True, "ours_bf16")],
 }
+PARITY = ("idml_pa", "iaa_ms", "ms")
 GAINS = (("idml_pa", "pa", "IDML-PA − PA"), ("iaa_ms", "ms", "MS + IAA − MS"),
          ("idml_iaa_ms", "ms", "IDML + IAA − MS"), ("idml_iaa_ms", "iaa_ms",
                                                     "IDML + IAA − MS + IAA"))
@@ -161,13 +169,13 @@ def pytorch(c, pth: str) -> dict:
         o.lr, o.weight_decay, o.decay_epochs, o.gamma, o.warmup_epochs, spe,
         o.proxy_lr_mult, o.clip_value)
     embed = lambda x: model(x)[0]  # noqa: E731
-  elif c.method == "iaa":
+  elif c.method in ("iaa", "baseline"):  # The official IAA loop; plain MS never synthesises.
     model = ref_iaa.Embedding(net, net.num_features, dim)
     estimator = ref_iaa.Estimator(num_classes, dim, c.iaa.momentum)
+    start = c.iaa.start_epoch if c.method == "iaa" else c.num_epochs + 1
     trainer = ref_iaa.Trainer(model, estimator, ref_iaa.multi_similarity, o.lr,
                               o.weight_decay, list(o.boundaries), o.gamma, spe,
-                              c.num_epochs, c.iaa.start_epoch, c.iaa.update_every,
-                              c.iaa.strength)
+                              c.num_epochs, start, c.iaa.update_every, c.iaa.strength)
     embed = model
   else:
     raise ValueError(f"No official PyTorch loop for method {c.method!r}.")
@@ -234,7 +242,7 @@ def table(rows: list[dict]) -> str:
   out = ["Parity (`,official`): final test figures (%), mean ± sd over seeds; Welch's t-test.",
          "", "| recipe | metric | ours | PyTorch official | ours − PyTorch | p | seeds |",
          "|---|---|---|---|---|---|---|"]
-  for recipe in ("idml_pa", "iaa_ms"):
+  for recipe in PARITY:
     for metric in ("recall@1", "map@r"):
       a = list(_final(rows, recipe, True, "ours", metric).values())
       b = list(_final(rows, recipe, True, "pytorch", metric).values())
@@ -246,7 +254,7 @@ def table(rows: list[dict]) -> str:
           "inside the other's ±1 sd; p: Welch's t-test at that epoch.", "",
           "| recipe | epoch | ours | PyTorch | ours − PyTorch | in | p |",
           "|---|---|---|---|---|---|---|"]
-  for recipe in ("idml_pa", "iaa_ms"):
+  for recipe in PARITY:
     curves = {impl: [r["curve"] for r in rows if (r["recipe"], r["official"], r["impl"]) ==
                      (recipe, True, impl)] for impl in ("ours", "pytorch")}
     if not all(len(v) > 1 for v in curves.values()):
@@ -261,6 +269,19 @@ def table(rows: list[dict]) -> str:
       inside = abs(ma - mb) <= sa and abs(ma - mb) <= sb
       out.append(f"| {recipe} | {e} | {_ms(a)} | {_ms(b)} | {100 * (ma - mb):+.1f} | "
                  f"{'yes' if inside else 'no'} | {_welch_p(a, b):.2f} |")
+  out += ["", "bfloat16 (`,official`, ours): the backbone in bfloat16 against float32, final "
+          "test figures (%); Welch's t-test.", "",
+          "| recipe | metric | float32 | bfloat16 | bf16 − f32 | p | seeds |",
+          "|---|---|---|---|---|---|---|"]
+  for recipe in ("idml_pa", "iaa_ms"):
+    for metric in ("recall@1", "map@r"):
+      fa = _final(rows, recipe, True, "ours", metric)
+      fb = _final(rows, recipe, True, "ours_bf16", metric)
+      a, b = [fa[s] for s in sorted(fa) if s in fb], [fb[s] for s in sorted(fb) if s in fa]
+      if len(b) > 1:
+        out.append(f"| {recipe} | {metric} | {_ms(a)} | {_ms(b)} | "
+                   f"{100 * (statistics.mean(b) - statistics.mean(a)):+.1f} | "
+                   f"{_welch_p(a, b):.2f} | {len(b)} |")
   out += ["", "Gains (ours): final test figures (%), paired by seed (the same batches); "
           "mean ± standard error of the per-seed differences.", "",
           "| variant | gain | Recall@1 | MAP@R | seeds |", "|---|---|---|---|---|"]
@@ -321,8 +342,10 @@ def main():
       continue
     done.add((recipe, official, impl, seed))
     c = config(recipe, official, args.data, weights, seed)
+    if impl == "ours_bf16":
+      c.model.dtype = "bfloat16"
     t = time.time()
-    curve = ours(c) if impl == "ours" else pytorch(c, pth)
+    curve = ours(c) if impl.startswith("ours") else pytorch(c, pth)
     curve = {str(e): v for e, v in curve.items()}
     row = {"recipe": recipe, "official": official, "impl": impl, "seed": seed,
            "epochs": c.num_epochs, "curve": curve, "final": curve[str(c.num_epochs)],
