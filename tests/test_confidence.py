@@ -142,3 +142,18 @@ def test_degenerate_data_is_refused_with_the_reason():
     confidence.cross_fitted(scores, labels != 0, labels)
   with pytest.raises(confidence.ConfidenceError, match="needs the score"):
     confidence.fit(scores, rng.random(20) < 0.5).log_odds({"gap": np.ones(3)})
+
+
+def test_where_the_other_scores_weigh_nothing_combined_orders_as_the_nearest_similarity():
+  """A constant second score weighs exactly 0, so every fold's model is the nearest similarity
+  at its own scale. Pooled, the folds must still be ordered as that one score orders them:
+  the fold's weights enter by direction only (kept at their fitted lengths, folds whose model
+  separated its training queries more sharply would rank above the others)."""
+  rng = np.random.default_rng(5)
+  n = 600
+  labels = rng.integers(0, 30, n)
+  miss = rng.random(n) < 0.3 + 0.4 * (labels % 3 == 0)  # The folds' error rates differ.
+  scores = {"nearest": rng.normal(0, 1, n) - 1.0 * miss, "gap": np.ones(n)}
+  combined = confidence.cross_fitted(scores, ~miss, labels)
+  np.testing.assert_array_equal(np.argsort(combined, kind="stable"),
+                                np.argsort(scores["nearest"], kind="stable"))

@@ -15,11 +15,14 @@ similarity does; where ‖u‖ or the gap knows more, it follows them.
 Evaluation scores every test query with a model that saw neither its label nor its class
 (:func:`cross_fitted`): the queries are split into folds *by class* (scikit-learn's
 ``GroupKFold``), each fold is scored by the weights fitted on the others, on scores
-standardised over all queries (their values only: no label, no class), without the fitted
-intercept (a fold's intercept is the other folds' base rate, which says nothing about the
-order of this fold's queries and, pooled, would order the folds against their own error
-rates). ``calibrate`` fits one model on all its held-out queries and stores it in the index
-(:class:`ConfidenceModel`).
+standardised over all queries (their values only: no label, no class). The folds' scores
+are pooled into one ranking, so each fold keeps only its model's *direction*: the weights
+scaled to unit length, without the intercept. (A fold's intercept is the other folds' base
+rate and its weights' length how sharply they separated their queries; neither says anything
+about the order of this fold's queries, and pooled, each would order whole folds against
+each other: with the lengths kept, ``combined`` lost to the nearest similarity on real sets
+where no other score helps; BENCHMARKS.md.) ``calibrate`` fits one model on all its
+held-out queries and stores it in the index (:class:`ConfidenceModel`).
 
 Degenerate data is refused with the reason (:class:`ConfidenceError`): no right or no wrong
 top-1 (in the data or in a fold's training part), fewer than two classes to fold by,
@@ -175,9 +178,10 @@ def class_folds(groups: np.ndarray, folds: int = FOLDS) -> np.ndarray:
 
 def cross_fitted(scores: dict[str, np.ndarray], correct: np.ndarray, groups: np.ndarray,
                  folds: int = FOLDS, strength: float = PRIOR_STRENGTH) -> np.ndarray:
-  """[N] the ``combined`` confidence of each query, from the weights fitted on the other folds
-  (:func:`class_folds`; module doc): no query is scored by a model that saw its label or its
-  class. Raises :class:`ConfidenceError` where a fold's model cannot be fitted."""
+  """[N] the ``combined`` confidence of each query, from the direction of the weights fitted
+  on the other folds (:func:`class_folds`; module doc): no query is scored by a model that
+  saw its label or its class. Raises :class:`ConfidenceError` where a fold's model cannot be
+  fitted."""
   names = tuple(scores)
   x = _matrix(scores, names)
   y = np.asarray(correct, bool)
@@ -191,5 +195,5 @@ def cross_fitted(scores: dict[str, np.ndarray], correct: np.ndarray, groups: np.
     except ConfidenceError as e:
       raise ConfidenceError(f"Fold {k + 1} of {fold.max() + 1} (classes held out): {e}") from None
     w, _ = logistic_weights(z[~held], train, prior_weights(names), strength)
-    out[held] = z[held] @ w
+    out[held] = z[held] @ (w / max(np.linalg.norm(w), 1e-300))
   return out
