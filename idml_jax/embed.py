@@ -37,7 +37,8 @@ def main(argv):
 
   cli.install()
   try:
-    inference.image_files(_IMAGES.value)  # No images: said before any model is loaded.
+    inference.run_record(_WORKDIR.value)  # Not a workdir, or no images: said before any
+    inference.image_files(_IMAGES.value)  # model is loaded.
     trained = inference.load(_WORKDIR.value, best=not _LATEST.value)
     emb = inference.embed_folder(trained, _IMAGES.value)
     for key in ("logits", "semantic", "uncertainty_norm"):  # Nothing non-finite is stored.

@@ -39,13 +39,20 @@ class Trained:
     return embed_split(self.embedder, self.variables, source)
 
 
-def load(workdir: str, best: bool = True) -> Trained:
-  """The model trained in ``workdir``: its best checkpoint (or the latest)."""
+def run_record(workdir: str) -> dict:
+  """``workdir``'s ``run.json`` (no model is built): refused in one line if it has none."""
   wd = Workdir(workdir)
   run = read_json(wd.run_file, "run.json")
   if run is None:
     raise FileNotFoundError(f"{wd.run_file} not found: {workdir!r} is not a training workdir "
                             "(train with `python -m idml_jax.main --workdir=...` first).")
+  return run
+
+
+def load(workdir: str, best: bool = True) -> Trained:
+  """The model trained in ``workdir``: its best checkpoint (or the latest)."""
+  wd = Workdir(workdir)
+  run = run_record(workdir)
   config = read_config(run["config"], wd.run_file)
   ckpts = Checkpoints(wd)
   use_best = best and ckpts.best.latest_step() is not None

@@ -646,7 +646,8 @@ def test_a_saved_index_missing_a_key_is_refused_in_one_line(tmp_path):
 def test_a_permission_error_is_told_in_one_line():
   from idml_jax.main import _user_error
   message = _user_error(PermissionError(13, "Permission denied", "/data/run/checkpoints"))
-  assert message.startswith("Permission denied: /data/run/checkpoints") and "\n" not in message
+  assert "/data/run/checkpoints (Permission denied)" in message and "\n" not in message
+  assert "make --workdir writable or choose another --workdir" in message  # The fix, named.
 
 
 def _damage_manifest(meta_file, how):
