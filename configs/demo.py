@@ -1,5 +1,5 @@
 """The embedded default: IDML + Proxy-Anchor on real images that ``pip install`` brings,
-about 3 minutes on a 2-core CPU.
+about 2 minutes on a 2-core CPU.
 
     python -m idml_jax.main --config=configs/demo.py --workdir=runs/demo
 
@@ -8,7 +8,7 @@ character as the fonts bundled with matplotlib draw it (DejaVu, STIX, Computer M
 79 characters train, 61 others test, 32 px. The recipe is ``configs/small_images.py``'s
 with its ``resnet`` network (CIFAR-stem tiny ResNet from scratch, Adam,
 pad-and-crop), IDML with Proxy-Anchor and
-Mixup, for 800 steps; the untrained network is evaluated too. BENCHMARKS.md ("Real images",
+Mixup, for 760 steps; the untrained network is evaluated too. BENCHMARKS.md ("Real images",
 "The demo") has the measured values and what the uncertainty does on it.
 
 Argument (comma-separated): a dataset ``glyphs`` (default) | ``patches`` (crops of
@@ -33,7 +33,7 @@ def get_config(arg: str = ""):
     c.data.image_size = c.data.resize_size = 64
   if args.dataset == "digits":
     c.data.images_per_class = 8  # 5 train classes: all of them in every batch.
-  c.num_epochs = 20  # 800 steps of 40 images.
+  c.num_epochs = 20  # 20 × 38 = 760 steps of 40 images.
   c.eval.every_epochs = 10
   c.eval.at_start = True  # results.json["untrained"]: the same network before training.
   if args.runlocal:

@@ -27,7 +27,7 @@ from idml_jax.train.workdir import Workdir
 
 
 def test_demo_config_end_to_end_learns(tmp_path):
-  """The shipped demo (real glyph images, IDML-PA) for 320 of its 800 steps; the shipped run
+  """The shipped demo (real glyph images, IDML-PA) for 320 of its 760 steps; the shipped run
   (seed 0) lifts Recall@1 0.43 -> 0.78 and MAP@R 0.08 -> 0.34."""
   c = load_config("demo.py")
   c.num_epochs, c.eval.every_epochs, c.eval.nmi = 8, 8, False

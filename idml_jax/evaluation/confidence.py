@@ -1,9 +1,9 @@
 """One fitted confidence from a run's scores: how likely is a query's top-1 to be right?
 
 Each score alone (the nearest similarity, the top-1 − top-2 gap, IDML's −‖u‖) is right on
-some data and wrong on other data (BENCHMARKS.md, "Which confidence knows when the top-1 is
-wrong"). :func:`fit` learns, on labelled queries, a logistic model of "the top-1 is right" on
-the standardised scores; its log-odds are the ``combined`` confidence.
+some data and wrong on other data (BENCHMARKS.md, "What ‖u‖ says"). :func:`fit` learns, on
+labelled queries, a logistic model of "the top-1 is right" on the standardised scores; its
+log-odds are the ``combined`` confidence.
 
 The model's prior is the nearest-similarity rule: the L2 penalty pulls the weights towards
 ``PRIOR_WEIGHTS`` (1 on ``nearest``, 0 on the others), with a strength of ``PRIOR_STRENGTH``
@@ -37,8 +37,9 @@ import numpy as np
 import scipy.optimize
 
 FOLDS = 5
-# The prior's pull towards PRIOR_WEIGHTS, per labelled query (BENCHMARKS.md, "Which confidence
-# knows when the top-1 is wrong": chosen on one seed of four real sets, held on four others).
+# The prior's pull towards PRIOR_WEIGHTS, per labelled query (BENCHMARKS.md, "What ‖u‖ says":
+# the smallest strength at which `combined` is level with the nearest similarity wherever no
+# other score helps, on four real sets × six methods × five seeds).
 PRIOR_STRENGTH = 0.05
 
 

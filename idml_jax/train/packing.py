@@ -2,13 +2,13 @@
 an orbax handler (:class:`PackedHandler`).
 
 orbax costs ~1.5 ms of Python per array and save through its array handlers (0.23 s of CPU
-for the demo's ~160 arrays: BENCHMARKS.md, "Training"; orbax's own performance guide says
-per-parameter saving "performs poorly for models with many distinct arrays"), so a
+for the demo's ~160 arrays: BENCHMARKS.md, "Training speed"; orbax's own performance guide
+says per-parameter saving "performs poorly for models with many distinct arrays"), so a
 checkpoint holds one raw file per dtype: the state's arrays raveled and concatenated in the
 order of the manifest, a list of ``[path, dtype, shape]`` stored in the checkpoint's
 ``meta.json`` with every array's CRC-32 (recomputed on restore: :func:`verify`). The handler
 runs inside orbax's asynchronous save, so the packing and the checksums happen on orbax's
-thread, off the train loop: the demo's save costs 17 ms of CPU this way, against 27 ms when a
+thread, off the train loop: the demo's save costs 13–17 ms of CPU this way, against 27 ms when a
 thread of our own packed the state and handed it to orbax's array handler (BENCHMARKS.md).
 The train state is replicated (data parallel): each process has all of it, and process 0
 writes it. Checkpoints written before still restore

@@ -2,17 +2,24 @@
 
     python benchmarks/studies/realdata/run.py --data ~/realdata --network cnn --arrays ARRAYS \\
         --sets icons,glyphs,glyphs_degraded,fonts --out uncertainty.jsonl      # the runs
-    python benchmarks/studies/realdata/uncertainty.py --arrays ARRAYS --data ~/realdata [--markdown]
+    python benchmarks/studies/realdata/uncertainty.py --arrays ARRAYS --data ~/realdata
+    python benchmarks/studies/realdata/uncertainty.py --arrays ARRAYS --strengths 0.02,0.05,1,4
 
 Reads the per-query figures each row saved (``run.py --arrays``) and, per set and row, over
 seeds (mean ± sd): Recall@1; the AURC and R-AUROC of IDML's ‖u‖, the nearest similarity, the
 top-1 − top-2 gap and ``combined`` (the fitted confidence, cross-fitted by class: what every
-evaluation computes, ``evaluation.selective_report``); ``combined − nearest`` paired over
-seeds (mean ± standard error); and which kind of set it is — η² (the share of the variance
-between test classes) of the misses and of ‖u‖, the within-class correlations of ‖u‖ and of
+evaluation computes, ``evaluation.selective_report``); ``combined − nearest`` (AURC and
+R-AUROC) paired over seeds (mean ± standard error); and which kind of set it is — η² (the
+share of the variance between test classes) of the misses and of ‖u‖, the within-class
+correlations of ‖u‖ and of
 −nearest with the misses. Where the set records what each image shows (``images.json`` of
 ``make_sets.py``): Spearman(‖u‖, degradation level) and Recall@1 per level
 (``glyphs_degraded``), Spearman(‖u‖, ink) and Recall@1 per ink tercile (``fonts``).
+
+``--strengths``: how ``combined`` depends on its prior's strength
+(``confidence.PRIOR_STRENGTH``): per set and row, ``combined − nearest`` (R-AUROC and AURC,
+paired over seeds, ± standard error) for each strength; ``below`` marks a row where
+``combined`` is worse than the nearest similarity by more than one standard error.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ from run import CONFIG, _class_share, _ms, _within_class_corr  # noqa: E402
 
 from idml_jax import methods  # noqa: E402
 from idml_jax.config_files import load_module  # noqa: E402
-from idml_jax.evaluation import confidence_scores, selective_report  # noqa: E402
+from idml_jax.evaluation import (  # noqa: E402
+    confidence_scores,
+    rauroc,
+    risk_coverage,
+    selective_report,
+)
+from idml_jax.evaluation.confidence import cross_fitted  # noqa: E402
 
 SETS = ("icons", "glyphs", "glyphs_degraded", "fonts")
 ROWS = ("baseline-pa", "idml-pa", "baseline-ms", "idml-ms", "iaa-ms", "idml_iaa-ms")
@@ -92,7 +105,7 @@ def load(arrays_dir: str, data: str | None) -> dict[tuple[str, str], list[dict]]
 
 
 def _paired(a, b) -> str:
-  """mean ± standard error of a − b over seeds, and how many seeds a is lower (AURC: better)."""
+  """mean ± standard error of a − b, paired over seeds."""
   d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   if len(d) < 2:
     return "–"
@@ -102,8 +115,8 @@ def _paired(a, b) -> str:
 def table(runs: dict, set_name: str) -> str:
   lines = [f"**{set_name}**", "",
            "| row | seeds | R@1 | AURC ‖u‖ | nearest | gap | combined | combined − nearest | "
-           "R-AUROC ‖u‖ | nearest | gap | combined | η² miss | η² ‖u‖ | within-class corr "
-           "‖u‖ / −nearest with miss | ‖u‖ = 0 |", "|" + "---|" * 16]
+           "R-AUROC ‖u‖ | nearest | gap | combined | combined − nearest | η² miss | η² ‖u‖ | "
+           "within-class corr ‖u‖ / −nearest with miss | ‖u‖ = 0 |", "|" + "---|" * 17]
   for row in ROWS:
     rs = runs.get((set_name, row))
     if not rs:
@@ -116,6 +129,7 @@ def table(runs: dict, set_name: str) -> str:
         + f" | {_paired(g('aurc_combined'), g('aurc_nearest'))} | "
         + " | ".join(_ms(g(f"rauroc_{s}")) if s != "uncertainty" or idml else "–"
                      for s in SCORES)
+        + f" | {_paired(g('rauroc_combined'), g('rauroc_nearest'))}"
         + f" | {_ms(g('eta2_miss'), 2)} | {_ms(g('eta2_u'), 2) if idml else '–'} | "
         + (f"{_ms(g('corr_u_miss_within'), 2)} / " if idml else "– / ")
         + f"{_ms(g('corr_nn_miss_within'), 2)} | {_ms(g('u_zero'), 2) if idml else '–'} |")
@@ -136,12 +150,53 @@ def table(runs: dict, set_name: str) -> str:
   return "\n".join(lines)
 
 
+def strength_table(arrays_dir: str, strengths: list[float]) -> str:
+  """``combined − nearest`` (R-AUROC / AURC, paired over seeds) per set, row and strength."""
+  deltas = collections.defaultdict(list)  # (set, row, strength) -> [(dR-AUROC, dAURC)]
+  for path in sorted(glob.glob(os.path.join(arrays_dir, "*-default-cnn.npz"))):
+    set_name, method, loss, _ = os.path.basename(path).split("-")[:4]
+    with np.load(path) as z:
+      ok = ~z["failed"].astype(bool)
+      has_u = methods.METHODS[ROW_METHODS[method]].introspective
+      scores = confidence_scores(uncertainty_norm=z["uncertainty_norm"] if has_u else None,
+                                 nearest_score=z["nearest_score"],
+                                 second_score=z["second_score"])
+      labels = z["labels"]
+    near = (rauroc(scores["nearest"], ok), risk_coverage(scores["nearest"], ok)["aurc"])
+    for s in strengths:
+      c = cross_fitted(scores, ok, labels, strength=s)
+      deltas[(set_name, f"{method}-{loss}", s)].append(
+          (rauroc(c, ok) - near[0], risk_coverage(c, ok)["aurc"] - near[1]))
+  lines = ["| set | row | seeds | " + " | ".join(
+      f"{s}: Δ R-AUROC / Δ AURC" for s in strengths) + " |", "|" + "---|" * (3 + len(strengths))]
+  for set_name in SETS:
+    for row in ROWS:
+      cells, n = [], 0
+      for s in strengths:
+        d = np.asarray(deltas.get((set_name, row, s), []), np.float64)
+        if len(d) < 2:
+          continue
+        n = len(d)
+        se = d.std(axis=0, ddof=1) / np.sqrt(n)
+        below = d[:, 0].mean() < -se[0] or d[:, 1].mean() > se[1]
+        cells.append(f"{d[:, 0].mean():+.3f} ± {se[0]:.3f} / {d[:, 1].mean():+.3f} ± "
+                     f"{se[1]:.3f}{' below' if below else ''}")
+      if cells:
+        lines.append(f"| {set_name} | {row} | {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--arrays", required=True)
   p.add_argument("--data", default=os.path.expanduser("~/realdata"))
   p.add_argument("--sets", default=",".join(SETS))
+  p.add_argument("--strengths", default="",
+                 help="comma-separated prior strengths: print how combined depends on them")
   args = p.parse_args()
+  if args.strengths:
+    print(strength_table(args.arrays, [float(s) for s in args.strengths.split(",")]))
+    return
   runs = load(args.arrays, args.data)
   for set_name in args.sets.split(","):
     print(table(runs, set_name), end="\n\n")
