@@ -34,8 +34,9 @@ from idml_jax.config_files import load_module, parse_arg, runlocal
 RECIPES = ("pa", "idml_pa", "ms", "iaa_ms", "idml_iaa_ms")
 SCALE = 10  # Epochs and every epoch-counted setting divided by this.
 STEPS_PER_EPOCH = 15  # An epoch of ~1,800 images: glyphs' train split.
-# (recipe, official) -> five-seed means of ours on glyphs (benchmarks/studies/miniature/run.py,
-# benchmarks/studies/miniature/results.jsonl): what idml_jax.report prints as the reference.
+# (recipe, official) -> five-seed means of ours on glyphs from the pretrained file of commit
+# 2570f67 (benchmarks/studies/miniature/results.jsonl, its `weights`): what idml_jax.report
+# prints as the reference. Another pretraining moves them by a few points (BENCHMARKS.md).
 REFERENCE = {
     ("pa", False): {"recall@1": 0.573, "map@r": 0.160},
     ("idml_pa", False): {"recall@1": 0.538, "map@r": 0.145},

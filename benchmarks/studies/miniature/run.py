@@ -9,7 +9,8 @@
    cached) and converts the ``.pth`` with the project's converter
    (``python -m idml_jax.models.convert ... --backbone resnet_tiny_cifar``), as a user
    converts an ImageNet file.
-2. Runs ``configs/miniature.py``'s recipes on ``glyphs`` (class-disjoint fine-tuning), from
+2. Runs ``configs/miniature.py``'s recipes on ``glyphs`` (``--set``: or another of
+   ``make_sets.py``'s sets, e.g. ``glyphs_degraded``; class-disjoint fine-tuning), from
    the converted weights: each row is (recipe, official or the paper's variant, ours or
    PyTorch, seed), appended to ``--out`` as one JSON line with its test Recall@1 and MAP@R
    at every evaluation — resumable by row. ``parity``: IDML-PA and IAA (MS) with
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import os
@@ -56,6 +58,8 @@ RECIPES = ("pa", "idml_pa", "ms", "iaa_ms", "idml_iaa_ms")
 GROUPS = {
     "parity": [("idml_pa", True, "ours"), ("idml_pa", True, "pytorch"),
                ("iaa_ms", True, "ours"), ("iaa_ms", True, "pytorch")],
+    "idml_parity": [("idml_pa", True, "ours"), ("idml_pa", True, "pytorch")],
+    "iaa_parity": [("iaa_ms", True, "ours"), ("iaa_ms", True, "pytorch")],
     "gains": [(r, False, "ours") for r in RECIPES],
     "official_gains": [("pa", True, "ours"), ("ms", True, "ours"),
                        ("idml_iaa_ms", True, "ours")],
@@ -71,13 +75,22 @@ GAINS = (("idml_pa", "pa", "IDML-PA − PA"), ("iaa_ms", "ms", "MS + IAA − MS"
                                                     "IDML + IAA − MS + IAA"))
 
 
-def config(recipe: str, official: bool, data: str, weights: str, seed: int):
+def config(recipe: str, official: bool, data: str, weights: str, seed: int,
+           set_name: str = "glyphs"):
   c = from_file(f"{CONFIG}:{recipe}{',official' if official else ''}")
-  c.data.data_dir = os.path.join(data, "glyphs")
+  c.data.data_dir = os.path.join(data, set_name)
   c.model.pretrained = weights
   c.data.num_threads = 2
   c.seed = seed
   return c
+
+
+def weights_id(pth: str) -> str:
+  """What a row records of the pretrained weights it started from: the ``.pth``'s SHA-256,
+  12 hex digits (PyTorch's pretraining is not bit-reproducible across machines, so rows
+  compare only with rows from the same file)."""
+  with open(pth, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 def prepare(data: str, cache: str) -> str:
@@ -220,7 +233,7 @@ def _load(path: str) -> list[dict]:
 
 
 def _key(r) -> tuple:
-  return r["recipe"], r["official"], r["impl"], r["seed"]
+  return r["recipe"], r["official"], r["impl"], r["seed"], r["weights"], r.get("set", "glyphs")
 
 
 def _ms(vs: list[float]) -> str:
@@ -312,12 +325,32 @@ def table(rows: list[dict]) -> str:
                    f"{_ms([r['final']['recall@1'] for r in rs])} | "
                    f"{_ms([r['final']['map@r'] for r in rs])} | "
                    f"{statistics.mean(r['seconds'] for r in rs):.0f} | {len(rs)} |")
-  return "\n".join(out)
+  return _without_empty_tables(out)
+
+
+def _without_empty_tables(lines: list[str]) -> str:
+  """The blocks of ``lines`` (separated by empty lines), less each table without a row and
+  its title."""
+  blocks, current = [], []
+  for line in [*lines, ""]:
+    if line:
+      current.append(line)
+    elif current:
+      blocks, current = [*blocks, current], []
+  kept = []
+  for block in blocks:
+    if block[0].startswith("|") and len(block) <= 2:  # A header and its rule only.
+      if kept and not kept[-1][0].startswith("|"):
+        kept.pop()
+      continue
+    kept.append(block)
+  return "\n\n".join("\n".join(b) for b in kept)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--data", help="make_sets.py's output folder (icons, glyphs)")
+  p.add_argument("--set", default="glyphs", help="the set to fine-tune on (make_sets.py's)")
   p.add_argument("--out", required=True, help="JSON lines, one per row (appended)")
   p.add_argument("--rows", default="parity,gains,official_gains")
   p.add_argument("--seeds", default="0,1,2,3,4")
@@ -325,7 +358,12 @@ def main():
   p.add_argument("--table", action="store_true")
   args = p.parse_args()
   if args.table:
-    print(table(_load(args.out)))
+    rows = _load(args.out)
+    where = lambda r: (r["weights"], r.get("set", "glyphs"))  # noqa: E731  (rows before --set)
+    for w, set_name in dict.fromkeys(where(r) for r in rows):
+      group = [r for r in rows if where(r) == (w, set_name)]
+      print(f"## {set_name}, pretrained weights {w} ({len(group)} rows)\n\n"
+            f"{table(group)}\n")
     return
   if not args.data:
     p.error("--data is needed to run (or --table to print).")
@@ -334,22 +372,23 @@ def main():
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   weights = prepare(args.data, args.cache)
   pth = os.path.join(args.cache, "icons_resnet_tiny.pth")
+  wid = weights_id(pth)
   done = {_key(r) for r in _load(args.out)}
   todo = [(recipe, official, impl, int(seed)) for seed in args.seeds.split(",")
           for group in args.rows.split(",") for recipe, official, impl in GROUPS[group]]
   for recipe, official, impl, seed in todo:
-    if (recipe, official, impl, seed) in done:
+    if (recipe, official, impl, seed, wid, args.set) in done:
       continue
-    done.add((recipe, official, impl, seed))
-    c = config(recipe, official, args.data, weights, seed)
+    done.add((recipe, official, impl, seed, wid, args.set))
+    c = config(recipe, official, args.data, weights, seed, args.set)
     if impl == "ours_bf16":
       c.model.dtype = "bfloat16"
     t = time.time()
     curve = ours(c) if impl.startswith("ours") else pytorch(c, pth)
     curve = {str(e): v for e, v in curve.items()}
-    row = {"recipe": recipe, "official": official, "impl": impl, "seed": seed,
-           "epochs": c.num_epochs, "curve": curve, "final": curve[str(c.num_epochs)],
-           "seconds": round(time.time() - t, 1)}
+    row = {"recipe": recipe, "official": official, "impl": impl, "seed": seed, "weights": wid,
+           "set": args.set, "epochs": c.num_epochs, "curve": curve,
+           "final": curve[str(c.num_epochs)], "seconds": round(time.time() - t, 1)}
     with open(args.out, "a") as f:
       f.write(json.dumps(row) + "\n")
     print(f"{recipe}{',official' if official else ''} {impl} seed {seed}: R@1 "
