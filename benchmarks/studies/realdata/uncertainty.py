@@ -11,10 +11,10 @@ top-1 − top-2 gap and ``combined`` (the fitted confidence, cross-fitted by cla
 evaluation computes, ``evaluation.selective_report``); ``combined − nearest`` (AURC and
 R-AUROC) paired over seeds (mean ± standard error); and which kind of set it is — η² (the
 share of the variance between test classes) of the misses and of ‖u‖, the within-class
-correlations of ‖u‖ and of
-−nearest with the misses. Where the set records what each image shows (``images.json`` of
-``make_sets.py``): Spearman(‖u‖, degradation level) and Recall@1 per level
-(``glyphs_degraded``), Spearman(‖u‖, ink) and Recall@1 per ink tercile (``fonts``).
+correlations of ‖u‖ and of −nearest with the misses. Where the set records what each image
+shows (``images.json`` of ``make_sets.py``): Spearman(‖u‖, degradation level) and Recall@1
+per level (``glyphs_degraded``), Spearman(‖u‖, ink) and Recall@1 per ink tercile
+(``fonts``).
 
 ``--strengths``: how ``combined`` depends on its prior's strength
 (``confidence.PRIOR_STRENGTH``): per set and row, ``combined − nearest`` (R-AUROC and AURC,
