@@ -411,8 +411,9 @@ class GalleryIndex:
   # ----------------------------------------------------------------------- persistence
   def save(self, directory: str) -> None:
     """Writes the index to ``directory`` (replacing an index there; written beside it, then
-    swapped). ``directory`` must be absent, an empty folder, or an index (its own
-    ``index.json``): anything else is refused, and nothing is renamed or deleted."""
+    swapped). ``directory`` must be absent, an empty folder, or an index (a folder of only
+    an index's own files, ``INDEX_FILES``): anything else is refused, and nothing is renamed
+    or deleted."""
     directory = os.path.abspath(directory)
     tmp, old = directory + ".saving", directory + ".old"
     for path, what in ((directory, "--save_index"), (tmp, "its temporary folder"),

@@ -57,11 +57,39 @@ def _flax_module(name):
   return tuple(parts[:-1]), parts[-1]
 
 
+_HEADS = ("embedding", "uncertainty", "fc")  # Torch modules that are not the backbone.
+
+
+def _torch_backbone_vector(net) -> np.ndarray:
+  """[P] float64: a torch backbone's parameters (its heads left out) in the order of
+  :func:`_flax_backbone_vector` (OIHW kernels as HWIO)."""
+  parts = []
+  for name, p in net.named_parameters():
+    if not name.startswith(_HEADS):
+      v = p.detach().double().numpy()
+      parts.append(np.transpose(v, (2, 3, 1, 0)).ravel() if v.ndim == 4 else v.ravel())
+  return np.concatenate(parts)
+
+
+def _flax_backbone_vector(params, net) -> np.ndarray:
+  """[P] float64: our backbone ``params`` (converted from ``net``) in ``net``'s order."""
+  flat = flax.traverse_util.flatten_dict(params)
+  parts = []
+  for name, _ in net.named_parameters():
+    if name.startswith(_HEADS):
+      continue
+    module, leaf = _flax_module(name)
+    key = module + ("kernel",) if leaf == "weight" and module + ("kernel",) in flat else \
+        module + ({"weight": "scale", "bias": "bias"}[leaf],)
+    parts.append(np.asarray(flat[key], np.float64).ravel())
+  return np.concatenate(parts)
+
+
 def _compare_backbone(params, net, what, atol=2e-6):
   """Every torch backbone parameter against its Flax twin (OIHW -> HWIO, BN weight -> scale)."""
   flat = flax.traverse_util.flatten_dict(params)
   for name, p in net.named_parameters():
-    if name.startswith(("embedding", "uncertainty", "fc")):
+    if name.startswith(_HEADS):
       continue
     module, leaf = _flax_module(name)
     value = _numpy(p)

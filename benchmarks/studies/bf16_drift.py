@@ -32,31 +32,16 @@ from idml_jax.train.steps import Steps, make_mesh, to_global  # noqa: E402
 
 def _flat_torch(net, criterion) -> np.ndarray:
   """The official parameters, in the order of :func:`_flat_ours`."""
-  parts = []
-  for name, p in net.named_parameters():
-    if name.startswith(("embedding", "uncertainty", "fc")):
-      continue
-    v = tp._numpy(p)
-    parts.append(np.transpose(v, (2, 3, 1, 0)).ravel() if v.ndim == 4 else v.ravel())
-  parts += [tp._numpy(net.embedding.weight).T.ravel(), tp._numpy(net.embedding.bias),
-            tp._numpy(criterion.proxies).ravel()]
-  return np.concatenate(parts)
+  return np.concatenate([tp._torch_backbone_vector(net),
+                         tp._numpy(net.embedding.weight).T.ravel(), tp._numpy(net.embedding.bias),
+                         tp._numpy(criterion.proxies).ravel()])
 
 
 def _flat_ours(params, net) -> np.ndarray:
-  flat = flax.traverse_util.flatten_dict(params["model"]["backbone"])
-  parts = []
-  for name, _ in net.named_parameters():
-    if name.startswith(("embedding", "uncertainty", "fc")):
-      continue
-    module, leaf = tp._flax_module(name)
-    key = module + ("kernel",) if leaf == "weight" and module + ("kernel",) in flat else \
-        module + ({"weight": "scale", "bias": "bias"}[leaf],)
-    parts.append(np.asarray(flat[key]).ravel())
   sem = params["model"]["semantic"]
-  parts += [np.asarray(sem["kernel"]).ravel(), np.asarray(sem["bias"]),
-            np.asarray(params["proxies"]).ravel()]
-  return np.concatenate(parts)
+  return np.concatenate([tp._flax_backbone_vector(params["model"]["backbone"], net),
+                         np.asarray(sem["kernel"]).ravel(), np.asarray(sem["bias"]),
+                         np.asarray(params["proxies"]).ravel()])
 
 
 def run(seed: int, dtype: str, num_steps: int, steps_per_epoch: int = 2) -> list[dict]:

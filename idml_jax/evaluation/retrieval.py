@@ -266,10 +266,11 @@ def _band(rel_pos: np.ndarray, block: int, n_blocks: int, all_vs_all: bool) -> l
   rows = np.repeat(np.arange(rel_pos.shape[0]) // block, rel_pos.shape[1])
   cols = rel_pos.ravel() // block
   keep = cols < n_blocks  # Padding (no relevant item) has a position past the gallery.
-  pairs = np.unique(np.stack([rows[keep], cols[keep]], axis=1), axis=0)
+  pairs = np.stack([rows[keep], cols[keep]], axis=1)
   if all_vs_all:
-    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
-  return sorted({(int(i), int(j)) for i, j in pairs}, key=lambda ij: (max(ij), min(ij)))
+    pairs = np.sort(pairs, axis=1)
+  return sorted(((int(i), int(j)) for i, j in np.unique(pairs, axis=0)),
+                key=lambda ij: (max(ij), min(ij)))
 
 
 def _exact_ranks(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray | None,

@@ -39,30 +39,14 @@ from idml_jax import data, evaluation  # noqa: E402
 
 def _torch_parts(model) -> dict[str, np.ndarray]:
   """The official model's parameters as float64 vectors, in our order: backbone, head."""
-  backbone = []
-  for name, p in model.base.named_parameters():
-    if name.startswith("fc"):
-      continue
-    v = p.detach().double().numpy()
-    backbone.append(np.transpose(v, (2, 3, 1, 0)).ravel() if v.ndim == 4 else v.ravel())
-  head = [model.linear.weight.detach().double().numpy().T.ravel(),
-          model.linear.bias.detach().double().numpy()]
-  return {"backbone": np.concatenate(backbone), "head": np.concatenate(head)}
+  return {"backbone": tp._torch_backbone_vector(model.base),
+          "head": np.concatenate([model.linear.weight.detach().double().numpy().T.ravel(),
+                                  model.linear.bias.detach().double().numpy()])}
 
 
 def _our_parts(params, model) -> dict[str, np.ndarray]:
-  import flax
-  flat = flax.traverse_util.flatten_dict(params["model"]["backbone"])
-  backbone = []
-  for name, _ in model.base.named_parameters():
-    if name.startswith("fc"):
-      continue
-    module, leaf = tp._flax_module(name)
-    key = module + ("kernel",) if leaf == "weight" and module + ("kernel",) in flat else \
-        module + ({"weight": "scale", "bias": "bias"}[leaf],)
-    backbone.append(np.asarray(flat[key], np.float64).ravel())
   sem = params["model"]["semantic"]
-  return {"backbone": np.concatenate(backbone),
+  return {"backbone": tp._flax_backbone_vector(params["model"]["backbone"], model.base),
           "head": np.concatenate([np.asarray(sem["kernel"], np.float64).ravel(),
                                   np.asarray(sem["bias"], np.float64)])}
 
