@@ -23,6 +23,7 @@ layers use). ``--same_start``: our backbone starts from the PyTorch network's in
 
 import argparse
 import ast
+import functools
 import os
 import statistics
 import sys
@@ -220,12 +221,9 @@ def main():
     if args.backbone:
       c.model.backbone = args.backbone
     for key, value in (o.split("=", 1) for o in args.override):
-      *path, last = key.split(".")
-      node = c
-      for part in path:
-        node = node[part]
-      node[last] = type(node[last])(ast.literal_eval(value)) if not isinstance(
-          node[last], str) else value
+      current = functools.reduce(lambda node, part: node[part], key.split("."), c)
+      c.update_from_flattened_dict(
+          {key: value if isinstance(current, str) else ast.literal_eval(value)})
     c.eval.nmi = False
     start = None
     for i, m in torch_rows:

@@ -62,14 +62,6 @@ VARIANTS = {
 }
 
 
-def _set(c, key: str, value) -> None:
-  *path, last = key.split(".")
-  node = c
-  for p in path:
-    node = node[p]
-  node[last] = value
-
-
 def _class_share(values: np.ndarray, labels: np.ndarray) -> float:
   """η²: the share of ``values``' variance [N] that lies between the classes ``labels`` [N]."""
   values = values.astype(np.float64)
@@ -126,8 +118,7 @@ def run_row(data: str, set_name: str, row: str, seed: int, variant: str, steps: 
     c.iaa.start_epoch = max(1, round(c.iaa.start_epoch * epochs / c.num_epochs))
     c.num_epochs = epochs
   c.eval.every_epochs, c.eval.nmi = c.num_epochs, False  # Untrained and final only.
-  for key, value in {**(overrides or {}), **VARIANTS[variant]}.items():
-    _set(c, key, value)
+  c.update_from_flattened_dict({**(overrides or {}), **VARIANTS[variant]})
   with tempfile.TemporaryDirectory() as workdir:
     t = time.perf_counter()
     results = loop.train_and_evaluate(c, workdir)
