@@ -15,11 +15,12 @@ The recipes are ``idml_pa.build("cub", ...)`` and ``iaa.build("cub", "ms", "resn
 — the papers' CUB settings — with one scaling applied alike to every recipe and to the
 PyTorch official loops it is compared with (``benchmarks/studies/miniature/run.py``): the tiny
 torchvision-layout ResNet (``resnet_tiny_cifar``, width 8, 64 features) pretrained on the
-``icons`` set (``benchmarks/studies/miniature/pretrain.py``) in place of ImageNet weights, 64-d
-embeddings, 32 px crops of 36 px images, and a tenth of the epochs with every epoch-counted
-setting scaled with them (IDML-PA: 6 epochs, 1 warm-up epoch, the rate halved every epoch;
-IAA: 10 epochs, estimates from epoch 3 every epoch, decays at 4 and 6 — official 4, 6, 8),
-epochs of 15 steps (~1,800 images), test figures every 2 epochs. Batches, rates, losses,
+``icons`` set (``benchmarks/studies/miniature/pretrain.py``; ``--corpus scripts``: on other
+writing systems' letters, features that transfer to the glyph sets) in place of ImageNet
+weights, 64-d embeddings, 32 px crops of 36 px images, and a tenth of the epochs with every
+epoch-counted setting scaled with them (IDML-PA: 6 epochs, 1 warm-up epoch, the rate halved
+every epoch; IAA: 10 epochs, estimates from epoch 3 every epoch, decays at 4 and 6 — official
+4, 6, 8), epochs of 15 steps (~1,800 images), test figures every 2 epochs. Batches, rates, losses,
 samplers, BatchNorm modes and everything else are the papers'.
 Class-disjoint fine-tuning on ``glyphs`` (76 train characters, 1,824 images; 64 test
 characters, 1,536 images).

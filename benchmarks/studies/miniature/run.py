@@ -22,7 +22,11 @@
    permutation, and IAA's noise. ``gains``: every recipe with the papers' variant;
    ``official_gains``: the baselines and IDML + IAA with ``,official``; ``ms_parity``: the
    official recipe's plain Multi-Similarity (no estimate, no synthesis) in both
-   implementations; ``bf16``: IDML-PA and IAA (MS), ``,official``, the backbone in bfloat16.
+   implementations; ``bf16``: IDML-PA and IAA (MS), ``,official``, the backbone in bfloat16;
+   ``scratch``: PA and MS from randomly initialised weights, BatchNorm training (what the
+   pretraining buys; recorded with ``weights: "none"``).
+   ``--pretrained scripts`` pretrains on ``make_sets.py``'s ``scripts`` corpus instead of
+   ``icons`` (``pretrain.PRETRAININGS``: other writing systems' letters in the same fonts).
 3. ``--table``: parity (final figures, Welch's t-test, the curves) and gains (paired by
    seed: the same batches; mean ± standard error).
 """
@@ -68,6 +72,8 @@ GROUPS = {
     "ms_parity": [("ms", True, "ours"), ("ms", True, "pytorch")],
     # The official recipes with the backbone in bfloat16 (``model.dtype``), against float32.
     "bf16": [("idml_pa", True, "ours_bf16"), ("iaa_ms", True, "ours_bf16")],
+    # The baselines from random weights: what the pretraining buys.
+    "scratch": [("pa", False, "ours_scratch"), ("ms", False, "ours_scratch")],
 }
 PARITY = ("idml_pa", "iaa_ms", "ms")
 GAINS = (("idml_pa", "pa", "IDML-PA − PA"), ("iaa_ms", "ms", "MS + IAA − MS"),
@@ -93,17 +99,20 @@ def weights_id(pth: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
-def prepare(data: str, cache: str) -> str:
-  """The pretrained ``.pth`` (cached) converted with the project's converter: its dir."""
+def prepare(data: str, cache: str, corpus: str = "icons") -> tuple[str, str]:
+  """The ``.pth`` pretrained on ``corpus`` (cached), and its conversion with the project's
+  converter (a folder)."""
   from idml_jax.models import convert
-  pth = os.path.join(cache, "icons_resnet_tiny.pth")
-  meta = pretrain.pretrain(data, pth)
+  pth = os.path.join(cache, f"{corpus}_resnet_tiny.pth")
+  meta = pretrain.pretrain(data, pth, pretrain.PRETRAININGS[corpus])
+  held = (f", held-out accuracy {meta['held_out_accuracy']:.3f}"
+          if "held_out_accuracy" in meta else "")
   print(f"pretrained: {pth} ({meta['classes']} classes, train accuracy "
-        f"{meta['train_accuracy_last_epoch']:.3f}, {meta['seconds']} s)", flush=True)
-  out = os.path.join(cache, "icons_resnet_tiny")
+        f"{meta['train_accuracy_last_epoch']:.3f}{held}, {meta['seconds']} s)", flush=True)
+  out = os.path.splitext(pth)[0]
   if not os.path.exists(out):
     convert.main([pth, out, "--backbone", BACKBONE])
-  return out
+  return pth, out
 
 
 # ------------------------------------------------------------------------------------ ours
@@ -315,12 +324,14 @@ def table(rows: list[dict]) -> str:
   out += ["", "Each recipe (ours): final and untrained test figures (%), mean ± sd.", "",
           "| recipe | variant | untrained R@1 | Recall@1 | MAP@R | s / run | seeds |",
           "|---|---|---|---|---|---|---|"]
-  for official in (False, True):
+  variants = (("paper", False, "ours"), ("official", True, "ours"),
+              ("paper, from random weights", False, "ours_scratch"))
+  for variant, official, impl in variants:
     for recipe in RECIPES:
       rs = [r for r in rows if (r["recipe"], r["official"], r["impl"]) ==
-            (recipe, official, "ours")]
+            (recipe, official, impl)]
       if rs:
-        out.append(f"| {recipe} | {'official' if official else 'paper'} | "
+        out.append(f"| {recipe} | {variant} | "
                    f"{_ms([r['curve']['0']['recall@1'] for r in rs])} | "
                    f"{_ms([r['final']['recall@1'] for r in rs])} | "
                    f"{_ms([r['final']['map@r'] for r in rs])} | "
@@ -354,6 +365,8 @@ def main():
   p.add_argument("--out", required=True, help="JSON lines, one per row (appended)")
   p.add_argument("--rows", default="parity,gains,official_gains")
   p.add_argument("--seeds", default="0,1,2,3,4")
+  p.add_argument("--pretrained", default="icons", choices=sorted(pretrain.PRETRAININGS),
+                 help="the pretraining corpus (pretrain.py)")
   p.add_argument("--cache", default=os.path.expanduser("~/.cache/idml_jax/miniature"))
   p.add_argument("--table", action="store_true")
   args = p.parse_args()
@@ -370,19 +383,20 @@ def main():
   import jax  # A persistent compilation cache: later rows and seeds skip XLA's compile.
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.cache, "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  weights = prepare(args.data, args.cache)
-  pth = os.path.join(args.cache, "icons_resnet_tiny.pth")
-  wid = weights_id(pth)
+  pth, weights = prepare(args.data, args.cache, args.pretrained)
   done = {_key(r) for r in _load(args.out)}
   todo = [(recipe, official, impl, int(seed)) for seed in args.seeds.split(",")
           for group in args.rows.split(",") for recipe, official, impl in GROUPS[group]]
   for recipe, official, impl, seed in todo:
+    wid = "none" if impl == "ours_scratch" else weights_id(pth)
     if (recipe, official, impl, seed, wid, args.set) in done:
       continue
     done.add((recipe, official, impl, seed, wid, args.set))
     c = config(recipe, official, args.data, weights, seed, args.set)
     if impl == "ours_bf16":
       c.model.dtype = "bfloat16"
+    if impl == "ours_scratch":  # Random weights: no statistics to freeze, BatchNorm trains.
+      c.model.pretrained, c.model.batch_norm = "", "train"
     t = time.time()
     curve = ours(c) if impl.startswith("ours") else pytorch(c, pth)
     curve = {str(e): v for e, v in curve.items()}

@@ -28,6 +28,16 @@ Two sets whose images show their class to very different degrees (image-level am
   out), images = the characters of ``STYLE_CHARS`` in it. A ``g`` or an ``&`` shows much of a
   typeface, a ``.`` or an ``l`` little.
 
+A pretraining corpus, for the miniature's backbone (``benchmarks/studies/miniature``):
+
+* ``scripts``: the letters of writing systems other than the glyph sets' (``SCRIPTS``:
+  Arabic, Hebrew, Devanagari, Georgian, ...) as drawn by the same fonts (class = letter,
+  images = font faces, 8–24 of them) — the glyph sets' domain with none of their classes, as
+  ImageNet is CUB's. A letter drawn like one of ``glyphs.CHARS`` (Armenian ``Օ`` and ``O``,
+  Arabic ``ا`` and ``l``: mean absolute difference under ``LEAK_DIFFERENCE`` grey levels in
+  DejaVu Sans or in the first font that draws it) is left out; so are combining marks and
+  positional forms.
+
 Every set writes ``images.json``: per image (``split/class/file``) what it shows — its
 degradation ``level`` (0 = clean) and ``kind``; its ``char``; and ``ink``, the fraction of its
 pixels darker than mid-grey — so a benchmark can read ‖u‖ and the misses against them.
@@ -89,6 +99,11 @@ DEGRADATIONS = {"occlusion": (0.25, 0.5, 0.75),  # Area covered by a grey box.
                 "downscale": (24, 14, 8),  # Pixels per side, then back to SIZE.
                 "blur": (1.5, 3.0, 5.0)}  # Gaussian radius, px.
 DEGRADED_FRACTION = 0.5
+# The ``scripts`` corpus: Unicode names' first word; letters only (category L*).
+SCRIPTS = ("ARABIC", "HEBREW", "DEVANAGARI", "GEORGIAN", "ARMENIAN", "BENGALI", "THAI",
+           "GURMUKHI", "LAO", "TIFINAGH", "TAMIL", "ETHIOPIC", "KANNADA", "TELUGU", "GUJARATI",
+           "ORIYA", "MALAYALAM", "SINHALA", "KHMER", "MYANMAR", "TIBETAN", "HANGUL")
+LEAK_DIFFERENCE = 10.0  # Grey levels (0-255), mean over a SIZE² image (Armenian Ա vs U: < 10).
 
 
 def _icon_size(path: str) -> int:
@@ -313,8 +328,52 @@ def _preview(dataset: dict[str, list], path: str, rows: int = 8, cols: int = 10)
   Image.fromarray(grid).save(path)
 
 
+def _scripts_letters(fonts: list[str], reference: str) -> str:
+  """The letters of ``SCRIPTS`` that fonts draw, less the look-alikes of ``glyphs.CHARS``
+  (module doc)."""
+  import unicodedata
+  maps = {p: glyphs.font_chars(p) for p in [reference, *fonts]}
+  drawn = sorted({c for p in fonts for c in maps[p]})
+  letters = []
+  for c in drawn:
+    name = unicodedata.name(c, "")
+    if (name.split(" ")[0] in SCRIPTS and unicodedata.category(c).startswith("L")
+        and "FORM" not in name and "LIGATURE" not in name):
+      letters.append(c)
+  rendered = {}  # font -> {char: float image}
+
+  def image(p, c):
+    return rendered.setdefault(p, {}).setdefault(
+        c, glyphs.render(p, c, SIZE)[..., 0].astype(np.float32))
+
+  kept = []
+  for c in letters:
+    first = next(p for p in fonts if c in maps[p])
+    near = any(np.mean(np.abs(image(p, c) - image(p, x))) < LEAK_DIFFERENCE
+               for p in dict.fromkeys((reference, first)) if c in maps[p]
+               for x in glyphs.CHARS if x in maps[p])
+    if not near:
+      kept.append(c)
+  return "".join(kept)
+
+
+def make_scripts(out: str, min_images: int = 8, max_images: int = 24) -> dict:
+  """The pretraining corpus (module doc): ``{"U+05D0": [(font, image, info), ...]}``."""
+  fonts = _font_files(per_family=2)
+  reference = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+  letters = _scripts_letters(fonts, reference)
+  images, chars, names = glyphs.render_glyphs(fonts, letters, size=SIZE, min_fonts=min_images,
+                                              max_fonts=max_images)
+  dataset = collections.defaultdict(list)
+  for img, ch, name in zip(images, chars, names, strict=True):
+    dataset[f"U+{ord(ch):04X}"].append((name.rsplit(".", 1)[0], img, {"ink": _ink(img)}))
+  return _write(out, "scripts", dict(dataset), {
+      "source": "Debian font packages", "packages": list(FONT_PACKAGES),
+      "scripts": list(SCRIPTS), "use": "pretraining (class-disjoint from the glyph sets)"})
+
+
 SETS = {"icons": make_icons, "glyphs": make_glyphs, "glyphs_degraded": make_glyphs_degraded,
-        "fonts": make_fonts}
+        "fonts": make_fonts, "scripts": make_scripts}
 
 
 def main():
