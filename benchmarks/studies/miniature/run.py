@@ -384,11 +384,12 @@ def main():
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.cache, "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   pth, weights = prepare(args.data, args.cache, args.pretrained)
+  pretrained_id = weights_id(pth)
   done = {_key(r) for r in _load(args.out)}
   todo = [(recipe, official, impl, int(seed)) for seed in args.seeds.split(",")
           for group in args.rows.split(",") for recipe, official, impl in GROUPS[group]]
   for recipe, official, impl, seed in todo:
-    wid = "none" if impl == "ours_scratch" else weights_id(pth)
+    wid = "none" if impl == "ours_scratch" else pretrained_id
     if (recipe, official, impl, seed, wid, args.set) in done:
       continue
     done.add((recipe, official, impl, seed, wid, args.set))

@@ -103,6 +103,7 @@ DEGRADED_FRACTION = 0.5
 SCRIPTS = ("ARABIC", "HEBREW", "DEVANAGARI", "GEORGIAN", "ARMENIAN", "BENGALI", "THAI",
            "GURMUKHI", "LAO", "TIFINAGH", "TAMIL", "ETHIOPIC", "KANNADA", "TELUGU", "GUJARATI",
            "ORIYA", "MALAYALAM", "SINHALA", "KHMER", "MYANMAR", "TIBETAN", "HANGUL")
+DEJAVU_SANS = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # The glyph sets' reference.
 LEAK_DIFFERENCE = 10.0  # Grey levels (0-255), mean over a SIZE² image (Armenian Ա vs U: < 10).
 
 
@@ -202,9 +203,12 @@ def glyph_dataset(min_images: int = 16, max_images: int = 24) -> dict[str, list]
   character, a neighbor the same character in another font (at most two faces of a family:
   a character's images are many designs, not one family's weights)."""
   fonts = _font_files(per_family=2)
-  images, chars, names = glyphs.render_glyphs(
-      fonts, size=SIZE, min_fonts=min_images, max_fonts=max_images,
-      reference="/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+  return _by_character(*glyphs.render_glyphs(
+      fonts, size=SIZE, min_fonts=min_images, max_fonts=max_images, reference=DEJAVU_SANS))
+
+
+def _by_character(images: np.ndarray, chars: list[str], names: list[str]) -> dict[str, list]:
+  """``render_glyphs``' output as a set: ``{"U+0041": [(font name, image, info), ...]}``."""
   dataset = collections.defaultdict(list)
   for img, ch, name in zip(images, chars, names, strict=True):
     dataset[f"U+{ord(ch):04X}"].append((name.rsplit(".", 1)[0], img, {"ink": _ink(img)}))
@@ -358,16 +362,12 @@ def _scripts_letters(fonts: list[str], reference: str) -> str:
 
 
 def make_scripts(out: str, min_images: int = 8, max_images: int = 24) -> dict:
-  """The pretraining corpus (module doc): ``{"U+05D0": [(font, image, info), ...]}``."""
+  """Writes the pretraining corpus (module doc); returns its summary."""
   fonts = _font_files(per_family=2)
-  reference = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-  letters = _scripts_letters(fonts, reference)
-  images, chars, names = glyphs.render_glyphs(fonts, letters, size=SIZE, min_fonts=min_images,
-                                              max_fonts=max_images)
-  dataset = collections.defaultdict(list)
-  for img, ch, name in zip(images, chars, names, strict=True):
-    dataset[f"U+{ord(ch):04X}"].append((name.rsplit(".", 1)[0], img, {"ink": _ink(img)}))
-  return _write(out, "scripts", dict(dataset), {
+  dataset = _by_character(*glyphs.render_glyphs(
+      fonts, _scripts_letters(fonts, DEJAVU_SANS), size=SIZE, min_fonts=min_images,
+      max_fonts=max_images))
+  return _write(out, "scripts", dataset, {
       "source": "Debian font packages", "packages": list(FONT_PACKAGES),
       "scripts": list(SCRIPTS), "use": "pretraining (class-disjoint from the glyph sets)"})
 
