@@ -71,18 +71,20 @@ def _torch_backbone_vector(net) -> np.ndarray:
   return np.concatenate(parts)
 
 
+def _flax_twin(flat: dict, name: str) -> np.ndarray:
+  """The Flax array (of ``flatten_dict``'s ``flat``) of torch parameter ``name``: a conv's
+  ``weight`` is its ``kernel`` (HWIO), BatchNorm's ``weight`` its ``scale``."""
+  module, leaf = _flax_module(name)
+  if leaf == "weight" and module + ("kernel",) in flat:
+    return np.asarray(flat[module + ("kernel",)])
+  return np.asarray(flat[module + ({"weight": "scale", "bias": "bias"}[leaf],)])
+
+
 def _flax_backbone_vector(params, net) -> np.ndarray:
   """[P] float64: our backbone ``params`` (converted from ``net``) in ``net``'s order."""
   flat = flax.traverse_util.flatten_dict(params)
-  parts = []
-  for name, _ in net.named_parameters():
-    if name.startswith(_HEADS):
-      continue
-    module, leaf = _flax_module(name)
-    key = module + ("kernel",) if leaf == "weight" and module + ("kernel",) in flat else \
-        module + ({"weight": "scale", "bias": "bias"}[leaf],)
-    parts.append(np.asarray(flat[key], np.float64).ravel())
-  return np.concatenate(parts)
+  return np.concatenate([_flax_twin(flat, name).astype(np.float64).ravel()
+                         for name, _ in net.named_parameters() if not name.startswith(_HEADS)])
 
 
 def _compare_backbone(params, net, what, atol=2e-6):
@@ -91,12 +93,9 @@ def _compare_backbone(params, net, what, atol=2e-6):
   for name, p in net.named_parameters():
     if name.startswith(_HEADS):
       continue
-    module, leaf = _flax_module(name)
-    value = _numpy(p)
-    if value.ndim == 4:
-      got = np.transpose(np.asarray(flat[module + ("kernel",)]), (3, 2, 0, 1))
-    else:  # BatchNorm's weight and bias.
-      got = np.asarray(flat[module + ({"weight": "scale", "bias": "bias"}[leaf],)])
+    value, got = _numpy(p), _flax_twin(flat, name)
+    if value.ndim == 4:  # HWIO -> OIHW.
+      got = np.transpose(got, (3, 2, 0, 1))
     np.testing.assert_allclose(got, value, rtol=2e-5, atol=atol, err_msg=f"{what}: {name}")
 
 

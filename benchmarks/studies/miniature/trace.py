@@ -42,12 +42,14 @@ from reference import idml_retrieval as ref_idml  # noqa: E402
 from idml_jax import data, evaluation  # noqa: E402
 
 
-def _linear(linear) -> np.ndarray:
+def _linear_vector(linear) -> np.ndarray:
+  """A torch ``Linear``'s weight (as our kernel, [in, out]) and bias, flat, float64."""
   return np.concatenate([linear.weight.detach().double().numpy().T.ravel(),
                          linear.bias.detach().double().numpy()])
 
 
-def _dense(dense) -> np.ndarray:
+def _dense_vector(dense) -> np.ndarray:
+  """Our ``Dense`` parameters ``{kernel, bias}``, flat, float64."""
   return np.concatenate([np.asarray(dense["kernel"], np.float64).ravel(),
                          np.asarray(dense["bias"], np.float64)])
 
@@ -57,21 +59,21 @@ def _torch_parts(loop) -> dict[str, np.ndarray]:
   proxies."""
   if isinstance(loop, ref_idml.Trainer):
     net = loop.model.model
-    return {"backbone": tp._torch_backbone_vector(net), "head": _linear(net.embedding),
-            "uncertainty": _linear(net.uncertainty),
+    return {"backbone": tp._torch_backbone_vector(net), "head": _linear_vector(net.embedding),
+            "uncertainty": _linear_vector(net.uncertainty),
             "proxies": loop.criterion.proxies.detach().double().numpy().ravel()}
   return {"backbone": tp._torch_backbone_vector(loop.model.base),
-          "head": _linear(loop.model.linear)}
+          "head": _linear_vector(loop.model.linear)}
 
 
 def _our_parts(params, loop) -> dict[str, np.ndarray]:
   m = params["model"]
   if isinstance(loop, ref_idml.Trainer):
     return {"backbone": tp._flax_backbone_vector(m["backbone"], loop.model.model),
-            "head": _dense(m["semantic"]), "uncertainty": _dense(m["uncertainty"]),
+            "head": _dense_vector(m["semantic"]), "uncertainty": _dense_vector(m["uncertainty"]),
             "proxies": np.asarray(params["proxies"], np.float64).ravel()}
   return {"backbone": tp._flax_backbone_vector(m["backbone"], loop.model.base),
-          "head": _dense(m["semantic"])}
+          "head": _dense_vector(m["semantic"])}
 
 
 def _distance(a: dict, b: dict) -> dict[str, float]:
