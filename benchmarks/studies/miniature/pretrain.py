@@ -144,17 +144,21 @@ def pretrain(data: str, out: str, settings: dict = SETTINGS) -> dict:
   return meta
 
 
+def describe(meta: dict) -> str:
+  """One line of what :func:`pretrain` returned."""
+  held = (f", held-out accuracy {meta['held_out_accuracy']:.3f}"
+          if "held_out_accuracy" in meta else "")
+  return (f"{meta['classes']} classes, {meta['images']} images, train accuracy "
+          f"{meta['train_accuracy_last_epoch']:.3f}{held}, {meta['seconds']} s")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--data", required=True, help="make_sets.py's output folder")
   p.add_argument("--out", required=True, help="the .pth to write")
   p.add_argument("--corpus", default="icons", choices=sorted(PRETRAININGS))
   args = p.parse_args()
-  meta = pretrain(args.data, args.out, PRETRAININGS[args.corpus])
-  print(f"{args.out}: {meta['classes']} classes, {meta['images']} images, "
-        f"train accuracy {meta['train_accuracy_last_epoch']:.3f}"
-        + (f", held-out accuracy {meta['held_out_accuracy']:.3f}"
-           if "held_out_accuracy" in meta else "") + f", {meta['seconds']} s")
+  print(f"{args.out}: {describe(pretrain(args.data, args.out, PRETRAININGS[args.corpus]))}")
 
 
 if __name__ == "__main__":

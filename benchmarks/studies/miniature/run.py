@@ -105,10 +105,7 @@ def prepare(data: str, cache: str, corpus: str = "icons") -> tuple[str, str]:
   from idml_jax.models import convert
   pth = os.path.join(cache, f"{corpus}_resnet_tiny.pth")
   meta = pretrain.pretrain(data, pth, pretrain.PRETRAININGS[corpus])
-  held = (f", held-out accuracy {meta['held_out_accuracy']:.3f}"
-          if "held_out_accuracy" in meta else "")
-  print(f"pretrained: {pth} ({meta['classes']} classes, train accuracy "
-        f"{meta['train_accuracy_last_epoch']:.3f}{held}, {meta['seconds']} s)", flush=True)
+  print(f"pretrained: {pth} ({pretrain.describe(meta)})", flush=True)
   out = os.path.splitext(pth)[0]
   if not os.path.exists(out):
     convert.main([pth, out, "--backbone", BACKBONE])
